@@ -1,0 +1,281 @@
+// Host/device helpers shared by every core header. No torch types here: the
+// same functions are compiled by the host compiler for the CPU kernels and by
+// nvcc for the CUDA kernels, so the CPU tests exercise the GPU's logic.
+#pragma once
+
+#include <cstdint>
+#include <cstring>
+#include <type_traits>
+
+#if defined(__CUDACC__)
+#define EPLB_HD __host__ __device__ __forceinline__
+#else
+#define EPLB_HD inline
+#endif
+
+namespace eplb {
+
+// Division and addition are kept as separate statements on purpose: the
+// build passes -ffp-contract=off / --fmad=false so that no FMA is formed and
+// every device rounds each operation the same way.
+EPLB_HD float div_f32(float a, float b) { return a / b; }
+
+// Bit-exact conversions for the 16-bit float formats, written by hand so
+// the core does not need torch's Half/BFloat16 types.
+EPLB_HD float half_bits_to_float(uint16_t h) {
+  const uint32_t sign = (uint32_t)(h & 0x8000u) << 16;
+  uint32_t exp = (h >> 10) & 0x1fu;
+  uint32_t man = h & 0x3ffu;
+  uint32_t bits;
+  if (exp == 0) {
+    if (man == 0) {
+      bits = sign;
+    } else {  // subnormal: normalise into float's range
+      int e = -1;
+      do {
+        ++e;
+        man <<= 1;
+      } while ((man & 0x400u) == 0);
+      bits = sign | ((uint32_t)(127 - 15 - e) << 23) | ((man & 0x3ffu) << 13);
+    }
+  } else if (exp == 0x1f) {
+    bits = sign | 0x7f800000u | (man << 13);
+  } else {
+    bits = sign | ((exp + (127 - 15)) << 23) | (man << 13);
+  }
+  float f;
+  memcpy(&f, &bits, sizeof(f));
+  return f;
+}
+
+EPLB_HD float bf16_bits_to_float(uint16_t h) {
+  const uint32_t bits = (uint32_t)h << 16;
+  float f;
+  memcpy(&f, &bits, sizeof(f));
+  return f;
+}
+
+EPLB_HD float neg_inf() {
+  const uint32_t bits = 0xff800000u;
+  float f;
+  memcpy(&f, &bits, sizeof(f));
+  return f;
+}
+
+EPLB_HD bool f32_is_finite(float x) {
+  uint32_t bits;
+  memcpy(&bits, &x, sizeof(bits));
+  return (bits & 0x7f800000u) != 0x7f800000u;
+}
+
+EPLB_HD int32_t next_pow2(int32_t n) {
+  int32_t p = 1;
+  while (p < n) p *= 2;
+  return p;
+}
+
+// A winner tree over leaves 0 .. n2-1 (n2 a power of two): win[x] is the
+// winning leaf of inner node x (1 .. n2-1). beats(r, l) says whether leaf r
+// of a right subtree strictly beats leaf l of the left one; the left leaf,
+// with the lower index, wins otherwise, so the root holds the first best
+// leaf (the tie rule). Changing one leaf costs O(log n2).
+template <typename Beats>
+struct WinnerTree {
+  int32_t* win;
+  int32_t n2;
+  Beats beats;
+
+  EPLB_HD int32_t winner(int32_t x) const { return x >= n2 ? x - n2 : win[x]; }
+  EPLB_HD void fix(int32_t x) {
+    const int32_t l = winner(2 * x), r = winner(2 * x + 1);
+    win[x] = beats(r, l) ? r : l;
+  }
+  EPLB_HD void build() {
+    for (int32_t x = n2 - 1; x >= 1; --x) fix(x);
+  }
+  EPLB_HD void update(int32_t leaf) {
+    for (int32_t x = (leaf + n2) >> 1; x >= 1; x >>= 1) fix(x);
+  }
+  EPLB_HD int32_t top() const { return n2 == 1 ? 0 : win[1]; }
+};
+
+template <typename Beats>
+EPLB_HD WinnerTree<Beats> make_winner_tree(int32_t* win, int32_t n, Beats beats) {
+  return WinnerTree<Beats>{win, next_pow2(n), beats};
+}
+
+// Carves typed arrays, 8-byte aligned, out of one caller-provided buffer.
+// With base == nullptr it only counts: `off` is then the bytes needed.
+struct Carver {
+  char* base;
+  int64_t off;
+
+  template <typename T>
+  EPLB_HD T* take(int64_t n) {
+    T* p = base ? (T*)(base + off) : nullptr;
+    off += (n * (int64_t)sizeof(T) + 7) / 8 * 8;
+    return p;
+  }
+};
+
+// Branch-free selects on a lane mask (all ones or zero): the compiler turns
+// these into vector blends, where `c ? a : b` on mixed types stops GCC from
+// vectorising the loop. Exact: only bits are moved.
+EPLB_HD uint32_t lane_mask(bool c) { return 0u - (uint32_t)c; }
+EPLB_HD float select_f32(uint32_t m, float a, float b) {
+  uint32_t x, y;
+  memcpy(&x, &a, 4);
+  memcpy(&y, &b, 4);
+  const uint32_t r = (x & m) | (y & ~m);
+  float f;
+  memcpy(&f, &r, 4);
+  return f;
+}
+EPLB_HD int32_t select_i32(uint32_t m, int32_t a, int32_t b) {
+  return (int32_t)(((uint32_t)a & m) | ((uint32_t)b & ~m));
+}
+
+// Runs f(s) for s = s0, s0 + ds, ... < s1. Callers pass ds = 1 on the CPU
+// (one thread walks every step, and the loop vectorises: the step loops here
+// carry no dependence from one step to the next) and the thread count on the
+// GPU (threads take interleaved steps, so reads coalesce).
+template <typename F>
+EPLB_HD void for_steps(int64_t s0, int64_t s1, int64_t ds, const F& f) {
+  if (ds == 1) {
+#if !defined(__CUDA_ARCH__) && defined(__GNUC__) && !defined(__clang__)
+#pragma GCC ivdep
+#endif
+    for (int64_t s = s0; s < s1; ++s) f(s);
+  } else {
+    for (int64_t s = s0; s < s1; s += ds) f(s);
+  }
+}
+
+// Tags for the 16-bit formats (their storage is uint16_t).
+struct Half16 {
+  uint16_t x;
+};
+struct BFloat16 {
+  uint16_t x;
+};
+
+// Converts one stored load to float32. Integers convert with round to
+// nearest, as torch's .float() does.
+template <typename T>
+EPLB_HD float to_f32(T v) {
+  return (float)v;
+}
+template <>
+EPLB_HD float to_f32<Half16>(Half16 v) {
+  return half_bits_to_float(v.x);
+}
+template <>
+EPLB_HD float to_f32<BFloat16>(BFloat16 v) {
+  return bf16_bits_to_float(v.x);
+}
+
+
+// A strided view of tokens_per_expert[S, L, E] (strides in elements).
+template <typename T>
+struct Loads {
+  const T* data;
+  int64_t S, L, E;
+  int64_t ss, sl, se;
+
+  EPLB_HD T raw(int64_t s, int64_t l, int64_t e) const {
+    return data[s * ss + l * sl + e * se];
+  }
+  EPLB_HD float at(int64_t s, int64_t l, int64_t e) const {
+    return to_f32<T>(raw(s, l, e));
+  }
+};
+
+// Sums over steps of every expert of layer l into out[E] (SPEC "sum over
+// steps"): integer loads are summed exactly (they are checked to be >= 0, so
+// unsigned wrap-around is the only overflow and it is well defined) in
+// acc[E] and converted to float32 once; floating loads are converted first
+// and added s = 0, 1, ... in float32. If tt is given, also stores the layer's
+// loads as float32, expert-major: tt[e * S + s]. Steps are read in blocks so
+// that both the rows read and the columns written stay in cache.
+template <typename T>
+EPLB_HD void add_row(const T* row, int64_t se, int64_t E, float* out, uint64_t* acc) {
+  if constexpr (std::is_integral<T>::value) {
+    for (int64_t e = 0; e < E; ++e) acc[e] += (uint64_t)row[e * se];
+  } else {
+    for (int64_t e = 0; e < E; ++e) out[e] = out[e] + to_f32<T>(row[e * se]);
+  }
+}
+
+template <typename T>
+EPLB_HD void load_layer(const Loads<T>& t, int64_t l, float* out, uint64_t* acc, float* tt) {
+  constexpr int64_t kBlock = 16;
+  const int64_t E = t.E, S = t.S;
+  for (int64_t e = 0; e < E; ++e) {
+    acc[e] = 0;
+    out[e] = 0.0f;
+  }
+  for (int64_t s0 = 0; s0 < S; s0 += kBlock) {
+    const int64_t s1 = s0 + kBlock < S ? s0 + kBlock : S;
+    for (int64_t s = s0; s < s1; ++s) {
+      const T* row = t.data + s * t.ss + l * t.sl;
+      if (t.se == 1) {
+        add_row(row, 1, E, out, acc);
+      } else {
+        add_row(row, t.se, E, out, acc);
+      }
+    }
+    if (tt) {
+      for (int64_t s = s0; s < s1; ++s) {
+        const T* row = t.data + s * t.ss + l * t.sl;
+        for (int64_t e = 0; e < E; ++e) tt[e * S + s] = to_f32<T>(row[e * t.se]);
+      }
+    }
+  }
+  if constexpr (std::is_integral<T>::value) {
+    for (int64_t e = 0; e < E; ++e) out[e] = (float)acc[e];
+  }
+}
+
+// Why a stored load is rejected (SPEC "Bad input"); 0 means it is fine.
+enum LoadFault : int32_t { kLoadOk = 0, kLoadNegative = 1, kLoadNaN = 2, kLoadInf = 3 };
+
+template <typename T>
+EPLB_HD int32_t load_fault(T v) {
+  if constexpr (std::is_integral<T>::value) {
+    if constexpr (std::is_signed<T>::value) return v < 0 ? kLoadNegative : kLoadOk;
+    return kLoadOk;
+  } else {
+    const float f = to_f32<T>(v);
+    if (f != f) return kLoadNaN;
+    // A finite double beyond float32's range is infinite once converted.
+    if (!f32_is_finite(f)) return kLoadInf;
+    if constexpr (std::is_floating_point<T>::value) {
+      return v < 0 ? kLoadNegative : kLoadOk;  // -1e-300 is negative too
+    } else {
+      return f < 0.0f ? kLoadNegative : kLoadOk;
+    }
+  }
+}
+
+// First faulty load of layer l in (step, expert) order, as s * E + e; -1 if
+// none.
+template <typename T>
+EPLB_HD int64_t first_bad_load(const Loads<T>& t, int64_t l) {
+  for (int64_t s = 0; s < t.S; ++s) {
+    // Branch-free scan of the row first (it vectorises); locate only if bad.
+    const T* row = t.data + s * t.ss + l * t.sl;
+    int32_t any = 0;
+    if (t.se == 1) {
+      for (int64_t e = 0; e < t.E; ++e) any |= load_fault(row[e]);
+    } else {
+      for (int64_t e = 0; e < t.E; ++e) any |= load_fault(row[e * t.se]);
+    }
+    if (any == 0) continue;
+    for (int64_t e = 0; e < t.E; ++e) {
+      if (load_fault(row[e * t.se]) != kLoadOk) return s * t.E + e;
+    }
+  }
+  return -1;
+}
+
+}  // namespace eplb

@@ -1,0 +1,146 @@
+// Balanced packing and greedy replication (SPEC "Building blocks") on one
+// row of weights. Index arrays are int32: sizes are checked to fit before
+// any core function runs.
+#pragma once
+
+#include "common.h"
+
+namespace eplb {
+
+// Sort key of item i: descending weight, then ascending index (the tie
+// rule), as one unsigned integer. For weights >= 0 the float bits order like
+// the values; adding +0 first turns -0 into +0 so that the two zeros tie.
+EPLB_HD uint64_t desc_key(float w, int32_t i) {
+  const float z = w + 0.0f;
+  uint32_t bits;
+  memcpy(&bits, &z, sizeof(bits));
+  return ((uint64_t)(~bits) << 32) | (uint32_t)i;
+}
+
+EPLB_HD uint64_t pack_key(float w, bool full) {
+  const float z = w + 0.0f;
+  uint32_t bits;
+  memcpy(&bits, &z, sizeof(bits));
+  return ((uint64_t)full << 32) | bits;
+}
+
+// Stable argsort by weight, descending, into idx[0..n); keys and tmp are
+// scratch of n. Bottom-up merge sort of the keys: O(n log n), no recursion,
+// so it also runs inside a CUDA thread; keys are unique, so the order is
+// fully determined.
+EPLB_HD void argsort_desc_stable(const float* w, int32_t n, int32_t* idx, uint64_t* keys,
+                                 uint64_t* tmp) {
+  for (int32_t i = 0; i < n; ++i) keys[i] = desc_key(w[i], i);
+  uint64_t* src = keys;
+  uint64_t* dst = tmp;
+  for (int32_t width = 1; width < n; width *= 2) {
+    for (int32_t lo = 0; lo < n; lo += 2 * width) {
+      const int32_t mid = lo + width < n ? lo + width : n;
+      const int32_t hi = lo + 2 * width < n ? lo + 2 * width : n;
+      int32_t a = lo, b = mid, o = lo;
+      while (a < mid && b < hi) {
+        // Branch-free: which run wins is data-dependent and unpredictable.
+        const uint64_t ka = src[a], kb = src[b];
+        const bool take_b = kb < ka;
+        dst[o++] = take_b ? kb : ka;
+        b += take_b;
+        a += !take_b;
+      }
+      while (a < mid) dst[o++] = src[a++];
+      while (b < hi) dst[o++] = src[b++];
+    }
+    uint64_t* t = src;
+    src = dst;
+    dst = t;
+  }
+  for (int32_t i = 0; i < n; ++i) idx[i] = (int32_t)(uint32_t)src[i];
+}
+
+struct PackScratch {
+  int32_t* order;  // n
+  uint64_t* keys;  // max(n, next_pow2(m))
+  uint64_t* tmp;   // n
+  float* pack_w;   // m
+  int32_t* pack_n; // m
+  int32_t* win;    // next_pow2(m) (also used by replicate, with n entries)
+};
+
+// Scratch for packing up to n items into up to m packs.
+EPLB_HD PackScratch take_pack_scratch(Carver& c, int64_t n, int64_t m) {
+  PackScratch s;
+  s.order = c.take<int32_t>(n);
+  s.keys = c.take<uint64_t>(n > next_pow2((int32_t)m) ? n : next_pow2((int32_t)m));
+  s.tmp = c.take<uint64_t>(n);
+  s.pack_w = c.take<float>(m);
+  s.pack_n = c.take<int32_t>(m);
+  s.win = c.take<int32_t>(next_pow2((int32_t)m));
+  return s;
+}
+
+// Packs n items into m packs of n/m items each. With `shortcut`, n == m
+// maps item i to pack i unsorted (DeepSeek's balanced_packing);
+// SGLang's pack_groups always sorts, which can only differ in which pack
+// gets which item when n == m.
+EPLB_HD void balanced_pack(const float* w, int32_t n, int32_t m, bool shortcut,
+                           int32_t* pack, int32_t* rank, PackScratch s) {
+  const int32_t cap = n / m;
+  if (shortcut && cap == 1) {
+    for (int32_t i = 0; i < n; ++i) {
+      pack[i] = i;
+      rank[i] = 0;
+    }
+    return;
+  }
+  argsort_desc_stable(w, n, s.order, s.keys, s.tmp);
+  for (int32_t p = 0; p < m; ++p) {
+    s.pack_w[p] = 0.0f;
+    s.pack_n[p] = 0;
+  }
+  // The lightest open pack: each pack's key is (full, weight bits), so an
+  // open pack beats a full one and then the smaller weight wins (weights are
+  // >= 0, whose bits order like their values); padding leaves are full.
+  uint64_t* key = s.keys;  // the sort is done with them
+  const int32_t m2 = next_pow2(m);
+  for (int32_t p = 0; p < m2; ++p) key[p] = p < m ? pack_key(0.0f, false) : ~(uint64_t)0;
+  auto tree = make_winner_tree(s.win, m, [=](int32_t r, int32_t l) { return key[r] < key[l]; });
+  tree.build();
+  for (int32_t r = 0; r < n; ++r) {
+    const int32_t item = s.order[r];
+    const int32_t best = tree.top();
+    pack[item] = best;
+    rank[item] = s.pack_n[best];
+    s.pack_w[best] = s.pack_w[best] + w[item];
+    s.pack_n[best] += 1;
+    key[best] = pack_key(s.pack_w[best], s.pack_n[best] >= cap);
+    tree.update(best);
+  }
+}
+
+// Greedy replication of n experts into p >= n slots. ratio (n floats) caches
+// w[e] / count[e]; only the chosen expert's entry changes per slot, and it is
+// recomputed with the same single division, so the cache is bit-exact. win
+// holds next_pow2(n) ints.
+EPLB_HD void replicate(const float* w, int32_t n, int32_t p, int32_t* phy2log,
+                       int32_t* rank, int32_t* cnt, float* ratio, int32_t* win) {
+  for (int32_t e = 0; e < n; ++e) {
+    phy2log[e] = e;
+    rank[e] = 0;
+    cnt[e] = 1;
+    ratio[e] = w[e];  // w / 1 is exact
+  }
+  if (p == n) return;
+  auto tree = make_winner_tree(win, n, [=](int32_t r, int32_t l) {
+    return r < n && ratio[r] > ratio[l];
+  });
+  tree.build();
+  for (int32_t i = n; i < p; ++i) {
+    const int32_t best = tree.top();
+    phy2log[i] = best;
+    rank[i] = cnt[best];
+    cnt[best] += 1;
+    ratio[best] = div_f32(w[best], (float)cnt[best]);
+    tree.update(best);
+  }
+}
+
+}  // namespace eplb

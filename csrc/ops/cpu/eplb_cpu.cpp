@@ -1,0 +1,223 @@
+// CPU kernels: each op checks its arguments and every load before any work,
+// then runs the torch-free core per layer with torch's parallel_for. Layers
+// are independent and each writes only its own rows, so the result does not
+// depend on the thread count.
+#include <torch/csrc/stable/library.h>
+
+#include <algorithm>
+#include <vector>
+
+#include "../../core/deepseek.h"
+#include "../../core/vec.h"
+#include "../tensor_utils.h"
+
+namespace eplb {
+namespace {
+
+using torch::stable::Tensor;
+
+// Roughly how many element operations make a parallel task worth waking a
+// thread for (a few microseconds of work).
+constexpr int64_t kGrainWork = 1 << 12;
+
+int64_t grain_for(int64_t work_per_layer) {
+  return std::max<int64_t>(1, kGrainWork / std::max<int64_t>(1, work_per_layer));
+}
+
+// Runs body(l, scratch) for every layer; each task owns one scratch buffer.
+template <typename F>
+void for_each_layer(int64_t L, int64_t grain, int64_t scratch_bytes, const F& body) {
+  if (L == 0) return;
+  torch::stable::parallel_for(0, L, grain, [&](int64_t begin, int64_t end) {
+    std::vector<uint64_t> buf(static_cast<size_t>(scratch_bytes / 8 + 1));
+    for (int64_t l = begin; l < end; ++l) body(l, static_cast<void*>(buf.data()));
+  });
+}
+
+template <typename T>
+void check_loads(const Loads<T>& t, const char* name, bool three_d) {
+  std::vector<int64_t> bad(static_cast<size_t>(t.L), -1);
+  torch::stable::parallel_for(0, t.L, grain_for(t.S * t.E), [&](int64_t b, int64_t e) {
+    for (int64_t l = b; l < e; ++l) bad[l] = first_bad_load(t, l);
+  });
+  report_bad_load(t, bad.data(), name, three_d);
+}
+
+Tensor new_index(const Tensor& like, std::initializer_list<int64_t> shape, ScalarType dtype) {
+  return torch::stable::empty(torch::headeronly::IntHeaderOnlyArrayRef(shape), dtype,
+                              std::nullopt, like.device());
+}
+
+template <typename OutT>
+OutT* ptr(const Tensor& t) {
+  return static_cast<OutT*>(t.mutable_data_ptr());
+}
+
+void check_cpu(const Tensor& t, const char* name) {
+  EPLB_CHECK_VALUE(t.is_cpu(), name, " must be a CPU tensor for this kernel");
+}
+
+std::tuple<Tensor, Tensor> balanced_packing_cpu(Tensor weight, int64_t num_packs) {
+  check_load_tensor(weight, "weight", 2);
+  check_cpu(weight, "weight");
+  const int64_t L = weight.size(0), n = weight.size(1);
+  EPLB_CHECK_VALUE(num_packs >= 1, "num_packs=", num_packs, " must be a positive integer");
+  EPLB_CHECK_VALUE(n % num_packs == 0, "num_packs=", num_packs,
+                   " must divide the number of items ", n);
+  EPLB_CHECK_VALUE(n <= kMaxIndex, "weight has ", n, " items; at most ", kMaxIndex);
+  Tensor pack = new_index(weight, {L, n}, ScalarType::Long);
+  Tensor rank = new_index(weight, {L, n}, ScalarType::Long);
+  dispatch_loads(weight, "weight", [&](auto tag) {
+    using T = decltype(tag);
+    const Loads<T> w = make_loads<T>(weight);
+    check_loads(w, "weight", false);
+    const int64_t m = num_packs;
+    auto carve = [n, m](void* buf, float** wf, int32_t** p32, int32_t** r32, PackScratch* ps) {
+      Carver c{static_cast<char*>(buf), 0};
+      *wf = c.take<float>(n);
+      *p32 = c.take<int32_t>(n);
+      *r32 = c.take<int32_t>(n);
+      *ps = take_pack_scratch(c, n, m);
+      return c.off;
+    };
+    float* wf;
+    int32_t *p32, *r32;
+    PackScratch ps;
+    const int64_t bytes = carve(nullptr, &wf, &p32, &r32, &ps);
+    for_each_layer(L, grain_for(n * 8), bytes, [&](int64_t l, void* buf) {
+      float* wf;
+      int32_t *p32, *r32;
+      PackScratch ps;
+      carve(buf, &wf, &p32, &r32, &ps);
+      for (int64_t i = 0; i < n; ++i) wf[i] = w.at(0, l, i);
+      balanced_pack(wf, (int32_t)n, (int32_t)m, true, p32, r32, ps);
+      for (int64_t i = 0; i < n; ++i) {
+        ptr<int64_t>(pack)[l * n + i] = p32[i];
+        ptr<int64_t>(rank)[l * n + i] = r32[i];
+      }
+    });
+  });
+  return {pack, rank};
+}
+
+std::tuple<Tensor, Tensor, Tensor> replicate_experts_cpu(Tensor weight, int64_t num_phy) {
+  check_load_tensor(weight, "weight", 2);
+  check_cpu(weight, "weight");
+  const int64_t L = weight.size(0), n = weight.size(1);
+  EPLB_CHECK_VALUE(n >= 1, "weight has no experts; at least 1 is required");
+  EPLB_CHECK_VALUE(num_phy >= n, "num_phy=", num_phy, " is smaller than the number of experts ",
+                   n);
+  EPLB_CHECK_VALUE(num_phy <= kMaxIndex, "num_phy=", num_phy, " exceeds ", kMaxIndex);
+  Tensor phy2log = new_index(weight, {L, num_phy}, ScalarType::Long);
+  Tensor rank = new_index(weight, {L, num_phy}, ScalarType::Long);
+  Tensor logcnt = new_index(weight, {L, n}, ScalarType::Long);
+  dispatch_loads(weight, "weight", [&](auto tag) {
+    using T = decltype(tag);
+    const Loads<T> w = make_loads<T>(weight);
+    check_loads(w, "weight", false);
+    const int64_t p = num_phy;
+    const int64_t bytes = 4 * (3 * n + 2 * p + next_pow2((int32_t)n)) + 8;
+    for_each_layer(L, grain_for(n + p * 8), bytes, [&](int64_t l, void* buf) {
+      float* wf = static_cast<float*>(buf);
+      float* ratio = wf + n;
+      int32_t* cnt = reinterpret_cast<int32_t*>(ratio + n);
+      int32_t* p2l = cnt + n;
+      int32_t* rk = p2l + p;
+      int32_t* win = rk + p;
+      for (int64_t i = 0; i < n; ++i) wf[i] = w.at(0, l, i);
+      replicate(wf, (int32_t)n, (int32_t)p, p2l, rk, cnt, ratio, win);
+      for (int64_t i = 0; i < p; ++i) {
+        ptr<int64_t>(phy2log)[l * p + i] = p2l[i];
+        ptr<int64_t>(rank)[l * p + i] = rk[i];
+      }
+      for (int64_t i = 0; i < n; ++i) ptr<int64_t>(logcnt)[l * n + i] = cnt[i];
+    });
+  });
+  return {phy2log, rank, logcnt};
+}
+
+std::tuple<Tensor, Tensor, Tensor> deepseek_cpu(Tensor tokens, int64_t P, int64_t k, int64_t C,
+                                               int64_t N) {
+  check_load_tensor(tokens, "tokens_per_expert", 3);
+  check_cpu(tokens, "tokens_per_expert");
+  const Placement a = check_placement(tokens.size(0), tokens.size(1), tokens.size(2), P, k, C, N);
+  Tensor phy2log = new_index(tokens, {a.L, a.P}, ScalarType::Long);
+  Tensor rank = new_index(tokens, {a.L, a.P}, ScalarType::Long);
+  Tensor logcnt = new_index(tokens, {a.L, a.E}, ScalarType::Long);
+  dispatch_loads(tokens, "tokens_per_expert", [&](auto tag) {
+    using T = decltype(tag);
+    const Loads<T> t = make_loads<T>(tokens);
+    check_loads(t, "tokens_per_expert", true);
+    const DeepseekDims d{(int32_t)a.E, (int32_t)a.P, (int32_t)a.C, (int32_t)a.N, (int32_t)a.G};
+    const int64_t bytes = deepseek_scratch(d, nullptr, nullptr) + 16 * a.E;
+    const int64_t work = a.S * a.E + 16 * a.P + 8 * a.E;
+    for_each_layer(a.L, grain_for(work), bytes, [&](int64_t l, void* buf) {
+      uint64_t* acc = static_cast<uint64_t*>(buf);
+      float* w = reinterpret_cast<float*>(acc + a.E);
+      load_layer(t, l, w, acc, nullptr);
+      DeepseekScratch s;
+      deepseek_scratch(d, w + 2 * a.E, &s);
+      deepseek_replicate_layer(w, d, s);
+      deepseek_place_layer<int64_t>(d, s, ptr<int64_t>(phy2log) + l * a.P,
+                                    ptr<int64_t>(rank) + l * a.P, ptr<int64_t>(logcnt) + l * a.E);
+    });
+  });
+  return {phy2log, rank, logcnt};
+}
+
+Tensor logical_to_physical_cpu(Tensor phy2log, Tensor rank, int64_t E, int64_t width) {
+  const Placement a = check_log2phy_args(phy2log, rank, E, width);
+  check_cpu(phy2log, "physical_to_logical_map");
+  check_cpu(rank, "physical_rank");
+  Tensor out = new_index(phy2log, {a.L, a.E, a.X}, ScalarType::Long);
+  const int64_t* p2l = ptr<int64_t>(phy2log);
+  const int64_t* rk = ptr<int64_t>(rank);
+  int64_t* o = ptr<int64_t>(out);
+  torch::stable::parallel_for(0, a.L, grain_for(a.E * a.X + a.P), [&](int64_t b, int64_t e) {
+    for (int64_t l = b; l < e; ++l) {
+      std::fill(o + l * a.E * a.X, o + (l + 1) * a.E * a.X, int64_t{-1});
+      scatter_log2phy(p2l + l * a.P, rk + l * a.P, a.P, a.E, a.X, o + l * a.E * a.X);
+    }
+  });
+  return out;
+}
+
+std::tuple<Tensor, Tensor, Tensor> deepseek_vec_cpu(Tensor tokens, int64_t P, int64_t k,
+                                                   int64_t C, int64_t N) {
+  check_load_tensor(tokens, "tokens_per_expert", 3);
+  check_cpu(tokens, "tokens_per_expert");
+  const Placement a = check_placement(tokens.size(0), tokens.size(1), tokens.size(2), P, k, C, N);
+  Tensor phy2log = new_index(tokens, {a.L, a.P}, ScalarType::Int);
+  Tensor log2phy = new_index(tokens, {a.L, a.E, a.X}, ScalarType::Int);
+  Tensor logcnt = new_index(tokens, {a.L, a.E}, ScalarType::Int);
+  dispatch_loads(tokens, "tokens_per_expert", [&](auto tag) {
+    using T = decltype(tag);
+    const Loads<T> t = make_loads<T>(tokens);
+    check_loads(t, "tokens_per_expert", true);
+    const VecDims d{a.S, (int32_t)a.E, (int32_t)a.P, (int32_t)a.k, (int32_t)a.C, (int32_t)a.N};
+    const int64_t bytes = vec_scratch(d, nullptr, nullptr);
+    const int64_t work = (a.S + 1) * (3 * a.E + (a.P - a.E) * 8) + 8 * a.P;
+    // Bound the scratch in flight to about one float32 copy of the input.
+    const int64_t max_tasks = std::max<int64_t>(1, a.S * a.L * a.E * 4 / std::max<int64_t>(1, bytes));
+    const int64_t grain = std::max(grain_for(work), (a.L + max_tasks - 1) / max_tasks);
+    for_each_layer(a.L, grain, bytes, [&](int64_t l, void* buf) {
+      int32_t* l2p = ptr<int32_t>(log2phy) + l * a.E * a.X;
+      std::fill(l2p, l2p + a.E * a.X, int32_t{-1});
+      VecScratch s;
+      vec_scratch(d, buf, &s);
+      vec_layer(t, l, d, s, ptr<int32_t>(phy2log) + l * a.P, l2p, ptr<int32_t>(logcnt) + l * a.E);
+    });
+  });
+  return {phy2log, log2phy, logcnt};
+}
+
+}  // namespace
+}  // namespace eplb
+
+STABLE_TORCH_LIBRARY_IMPL(eplb_ext, CPU, m) {
+  m.impl("balanced_packing", TORCH_BOX(&eplb::balanced_packing_cpu));
+  m.impl("replicate_experts", TORCH_BOX(&eplb::replicate_experts_cpu));
+  m.impl("logical_to_physical", TORCH_BOX(&eplb::logical_to_physical_cpu));
+  m.impl("deepseek", TORCH_BOX(&eplb::deepseek_cpu));
+  m.impl("deepseek_vec", TORCH_BOX(&eplb::deepseek_vec_cpu));
+}

@@ -1,0 +1,130 @@
+// Stable-ABI glue shared by the CPU and CUDA bindings: dtype dispatch, the
+// strided view of a load tensor, and argument checks on tensors.
+#pragma once
+
+#include <torch/csrc/stable/ops.h>
+#include <torch/csrc/stable/tensor.h>
+#include <torch/headeronly/core/ScalarType.h>
+
+#include <type_traits>
+
+#include "../core/common.h"
+#include "check.h"
+
+namespace eplb {
+
+using torch::stable::Tensor;
+using torch::headeronly::ScalarType;
+
+inline const char* dtype_name(ScalarType t) {
+  switch (t) {
+    case ScalarType::Bool: return "torch.bool";
+    case ScalarType::ComplexHalf: return "torch.complex32";
+    case ScalarType::ComplexFloat: return "torch.complex64";
+    case ScalarType::ComplexDouble: return "torch.complex128";
+    default: return "an unsupported dtype";
+  }
+}
+
+// Calls f(T{}) with the C++ type that stores `t`'s elements.
+template <typename F>
+void dispatch_loads(const Tensor& t, const char* name, F&& f) {
+  switch (t.scalar_type()) {
+    case ScalarType::Byte: return f(uint8_t{});
+    case ScalarType::Char: return f(int8_t{});
+    case ScalarType::Short: return f(int16_t{});
+    case ScalarType::Int: return f(int32_t{});
+    case ScalarType::Long: return f(int64_t{});
+    case ScalarType::UInt16: return f(uint16_t{});
+    case ScalarType::UInt32: return f(uint32_t{});
+    case ScalarType::UInt64: return f(uint64_t{});
+    case ScalarType::Half: return f(Half16{});
+    case ScalarType::BFloat16: return f(BFloat16{});
+    case ScalarType::Float: return f(float{});
+    case ScalarType::Double: return f(double{});
+    default:
+      fail("TypeError", name, " has dtype ", dtype_name(t.scalar_type()),
+           "; loads must have an integer or floating dtype (not bool or complex)");
+  }
+}
+
+// tokens_per_expert [S, L, E], or a weight [L, E] seen as S = 1.
+template <typename T>
+Loads<T> make_loads(const Tensor& t) {
+  Loads<T> v;
+  v.data = static_cast<const T*>(t.const_data_ptr());
+  if (t.dim() == 3) {
+    v.S = t.size(0), v.L = t.size(1), v.E = t.size(2);
+    v.ss = t.stride(0), v.sl = t.stride(1), v.se = t.stride(2);
+  } else {
+    v.S = 1, v.L = t.size(0), v.E = t.size(1);
+    v.ss = 0, v.sl = t.stride(0), v.se = t.stride(1);
+  }
+  return v;
+}
+
+inline void check_load_tensor(const Tensor& t, const char* name, int64_t dim) {
+  EPLB_CHECK_TYPE(t.defined(), name, " must be a tensor, got None");
+  EPLB_CHECK_VALUE(t.dim() == dim, name, " must be a ", dim, "-D tensor, got ", t.dim(),
+                   " dimensions");
+  EPLB_CHECK_VALUE(t.layout() == torch::headeronly::Layout::Strided, name,
+                   " must be a dense (strided) tensor");
+  dispatch_loads(t, name, [](auto) {});
+}
+
+// physical_to_logical_map and physical_rank: int64 [L, P], contiguous.
+inline Placement check_log2phy_args(const Tensor& phy2log, const Tensor& rank, int64_t E,
+                                    int64_t width) {
+  const char* names[2] = {"physical_to_logical_map", "physical_rank"};
+  const Tensor* ts[2] = {&phy2log, &rank};
+  for (int i = 0; i < 2; ++i) {
+    EPLB_CHECK_TYPE(ts[i]->defined(), names[i], " must be a tensor, got None");
+    EPLB_CHECK_VALUE(ts[i]->dim() == 2, names[i], " must be 2-D [L, P], got ", ts[i]->dim(),
+                     " dimensions");
+    EPLB_CHECK_TYPE(ts[i]->scalar_type() == ScalarType::Long, names[i], " must be int64");
+    EPLB_CHECK_VALUE(ts[i]->is_contiguous(), names[i], " must be contiguous");
+  }
+  EPLB_CHECK_VALUE(phy2log.size(0) == rank.size(0) && phy2log.size(1) == rank.size(1),
+                   "physical_to_logical_map and physical_rank must have the same shape");
+  EPLB_CHECK_VALUE(E >= 1, "num_logical_experts=", E, " must be a positive integer");
+  EPLB_CHECK_VALUE(width >= 0, "width=", width, " must be >= 0");
+  const int64_t L = phy2log.size(0), P = phy2log.size(1);
+  EPLB_CHECK_VALUE(L == 0 || width == 0 || E <= std::numeric_limits<int64_t>::max() / width / L,
+                   "logical_to_physical_map of shape [", L, ", ", E, ", ", width,
+                   "] is too large to allocate");
+  return Placement{1, L, E, P, 1, 1, 1, P, width};
+}
+
+template <typename T>
+double load_as_double(T v) {
+  if constexpr (std::is_arithmetic<T>::value) {
+    return static_cast<double>(v);
+  } else {
+    return static_cast<double>(to_f32<T>(v));
+  }
+}
+
+// Raises for the first bad load in (step, layer, expert) order, given each
+// layer's first bad (step, expert) as s * E + e (or -1).
+template <typename T>
+void report_bad_load(const Loads<T>& t, const int64_t* first_bad, const char* name,
+                     bool three_d) {
+  int64_t bs = -1, bl = -1, be = -1;
+  for (int64_t l = 0; l < t.L; ++l) {
+    if (first_bad[l] < 0) continue;
+    const int64_t s = first_bad[l] / t.E, e = first_bad[l] % t.E;
+    if (bs < 0 || s < bs) bs = s, bl = l, be = e;
+  }
+  if (bs < 0) return;
+  const T v = t.raw(bs, bl, be);
+  const int32_t fault = load_fault(v);
+  const char* what = fault == kLoadNaN ? "NaN" : fault == kLoadInf ? "infinite in float32" : "negative";
+  if (!three_d) {
+    fail("ValueError", name, "[", bl, ", ", be, "] = ", load_as_double(v), " is ", what,
+         "; loads must be finite and >= 0");
+  }
+  fail("ValueError", name, "[", bs, ", ", bl, ", ", be, "] = ", load_as_double(v), " is ",
+       what, "; loads must be finite and >= 0");
+}
+
+}  // namespace eplb

@@ -1,0 +1,156 @@
+"""SGLang-compatible entry points: ``EplbAlgorithm``, ``compute_algorithm`` and
+the ``rebalance_experts`` dispatcher."""
+
+from __future__ import annotations
+
+from enum import Enum, auto
+from typing import Optional, Tuple, Union
+
+import torch
+from torch import Tensor
+
+from . import _ops
+from ._validate import check_int, check_loads
+
+
+class EplbAlgorithm(Enum):
+    """The placement variants (SPEC.md "Variants")."""
+
+    deepseek = auto()
+    deepseek_hierarchical = auto()
+    deepseek_vec = auto()
+    deepseek_vec_hierarchical = auto()
+
+    @property
+    def hierarchical(self) -> bool:
+        return self in (EplbAlgorithm.deepseek_hierarchical, EplbAlgorithm.deepseek_vec_hierarchical)
+
+    @property
+    def step_aware(self) -> bool:
+        return self in (EplbAlgorithm.deepseek_vec, EplbAlgorithm.deepseek_vec_hierarchical)
+
+
+def _valid_names() -> str:
+    return ", ".join(["auto"] + [a.name for a in EplbAlgorithm])
+
+
+def compute_algorithm(
+    raw_algorithm: Union[str, EplbAlgorithm],
+    num_groups: Optional[int],
+    num_nodes: Optional[int],
+    *,
+    num_logical_experts: Optional[int] = None,
+    num_gpus: Optional[int] = None,
+) -> EplbAlgorithm:
+    """Resolves a variant name, an ``EplbAlgorithm`` or ``"auto"``.
+
+    ``"auto"`` picks ``deepseek_hierarchical`` when the model has groups and
+    ``num_groups % num_nodes == 0`` (and, where given,
+    ``num_logical_experts % num_groups == 0`` and ``num_gpus % num_nodes ==
+    0``), else ``deepseek``. ``num_nodes=None`` counts as one node.
+    """
+    if isinstance(raw_algorithm, EplbAlgorithm):
+        return raw_algorithm
+    if not isinstance(raw_algorithm, str):
+        raise TypeError(
+            f"algorithm must be a str or EplbAlgorithm, got {type(raw_algorithm).__name__}; "
+            f"valid names: {_valid_names()}"
+        )
+    if raw_algorithm != "auto":
+        try:
+            return EplbAlgorithm[raw_algorithm]
+        except KeyError:
+            raise ValueError(f"unknown algorithm {raw_algorithm!r}; valid names: {_valid_names()}") from None
+    groups = check_int("num_groups", num_groups, allow_none=True)
+    nodes = check_int("num_nodes", num_nodes, allow_none=True) or 1
+    experts = check_int("num_logical_experts", num_logical_experts, allow_none=True)
+    gpus = check_int("num_gpus", num_gpus, allow_none=True)
+    hierarchical = (
+        groups is not None
+        and groups % nodes == 0
+        and (experts is None or experts % groups == 0)
+        and (gpus is None or gpus % nodes == 0)
+    )
+    return EplbAlgorithm.deepseek_hierarchical if hierarchical else EplbAlgorithm.deepseek
+
+
+def rebalance_experts(
+    tokens_per_expert: Tensor,
+    num_physical_experts: int,
+    num_local_physical_experts: int,
+    num_groups: Optional[int],
+    num_nodes: Optional[int],
+    algorithm: Union[str, EplbAlgorithm] = "auto",
+    *,
+    fixed_width: bool = False,
+) -> Tuple[Tensor, Tensor, Tensor]:
+    """Places experts on GPUs.
+
+    Args:
+        tokens_per_expert: ``[S, L, E]`` (or ``[L, E]``, meaning S = 1) loads of
+            any integer or floating dtype, finite and >= 0, on CPU or CUDA;
+            any strides.
+        num_physical_experts: P, slots in total (P >= E).
+        num_local_physical_experts: k, slots per GPU (k divides P).
+        num_groups: C, expert groups, or None for a model without groups.
+        num_nodes: N, nodes (None means 1).
+        algorithm: an ``EplbAlgorithm``, its name, or ``"auto"``.
+        fixed_width: for the ``deepseek`` variants, return
+            ``logical_to_physical_map`` at width ``P - E + 1`` instead of the
+            largest count, which avoids reading the counts on the host.
+
+    Returns:
+        ``(physical_to_logical_map [L, P], logical_to_physical_map [L, E, X],
+        logical_count [L, E])`` on the input's device: int64 for the
+        ``deepseek`` variants (X = largest count, or P - E + 1 with
+        ``fixed_width``); int32 for the vec variants (X = P - E + 1), except
+        ``deepseek_vec_hierarchical``'s int64 ``physical_to_logical_map``.
+    """
+    tokens = check_loads("tokens_per_expert", tokens_per_expert, (2, 3))
+    if tokens.dim() == 2:
+        tokens = tokens.unsqueeze(0)
+    num_experts = tokens.shape[-1]
+    P = check_int("num_physical_experts", num_physical_experts)
+    k = check_int("num_local_physical_experts", num_local_physical_experts)
+    C = check_int("num_groups", num_groups, allow_none=True)
+    N = check_int("num_nodes", num_nodes, allow_none=True) or 1
+    if P % k != 0:
+        raise ValueError(f"num_local_physical_experts={k} must divide num_physical_experts={P}")
+    if num_experts < 1:
+        raise ValueError("tokens_per_expert has no experts (last dimension is 0); at least 1 is required")
+    if P < num_experts:
+        raise ValueError(
+            f"num_physical_experts={P} is smaller than the number of logical experts {num_experts}; "
+            "every expert needs at least one slot"
+        )
+    G = P // k
+    algo = compute_algorithm(algorithm, C, N, num_logical_experts=num_experts, num_gpus=G)
+    if algo.hierarchical:
+        if C is None:
+            raise ValueError(f"algorithm {algo.name} needs num_groups, got None")
+        if num_experts % C != 0:
+            raise ValueError(f"num_groups={C} must divide the number of logical experts {num_experts}")
+        if C % N != 0:
+            raise ValueError(f"num_nodes={N} must divide num_groups={C}")
+        if G % N != 0:
+            raise ValueError(f"num_nodes={N} must divide the number of GPUs {G} (num_physical_experts / k)")
+    else:
+        C, N = 1, 1
+    if not isinstance(fixed_width, bool):
+        raise TypeError(f"fixed_width must be a bool, got {type(fixed_width).__name__}")
+
+    if algo.step_aware:
+        phy2log, log2phy, logcnt = _ops.call(_ops.ops.deepseek_vec, tokens, P, k, C, N)
+        if algo is EplbAlgorithm.deepseek_vec_hierarchical:
+            phy2log = phy2log.to(torch.int64)
+        return phy2log, log2phy, logcnt
+
+    phy2log, phy_rank, logcnt = _ops.call(_ops.ops.deepseek, tokens, P, k, C, N)
+    if fixed_width:
+        width = P - num_experts + 1
+    else:
+        # The one host read of the call: the map's width is the largest
+        # replica count of the batch (0 for an empty batch).
+        width = int(logcnt.max()) if logcnt.numel() > 0 else 0
+    log2phy = _ops.ops.logical_to_physical(phy2log, phy_rank, num_experts, width)
+    return phy2log, log2phy, logcnt

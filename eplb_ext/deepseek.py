@@ -1,0 +1,82 @@
+"""DeepSeek's ``eplb.py`` API, compiled: same names, arguments and outputs.
+
+All functions take CPU or CUDA tensors of any integer or floating dtype and
+return int64 tensors on the same device.
+"""
+
+from __future__ import annotations
+
+from typing import Tuple
+
+import torch
+from torch import Tensor
+
+from . import _ops
+from ._validate import check_int, check_loads
+
+__all__ = ["balanced_packing", "replicate_experts", "rebalance_experts_hierarchical", "rebalance_experts"]
+
+
+def balanced_packing(weight: Tensor, num_packs: int) -> Tuple[Tensor, Tensor]:
+    """Packs the n items of each row of ``weight [X, n]`` into ``num_packs``
+    packs of n / num_packs items, heaviest first into the lightest open pack.
+
+    Returns ``(pack_index [X, n], rank_in_pack [X, n])``, int64.
+    """
+    weight = check_loads("weight", weight, (2,))
+    check_int("num_packs", num_packs)
+    return _ops.call(_ops.ops.balanced_packing, weight, int(num_packs))
+
+
+def replicate_experts(weight: Tensor, num_phy: int) -> Tuple[Tensor, Tensor, Tensor]:
+    """Replicates the n experts of each row of ``weight [X, n]`` into
+    ``num_phy >= n`` slots, each extra slot going to the expert with the
+    largest load per replica.
+
+    Returns ``(phy2log [X, num_phy], rank [X, num_phy], logcnt [X, n])``, int64.
+    """
+    weight = check_loads("weight", weight, (2,))
+    check_int("num_phy", num_phy)
+    return _ops.call(_ops.ops.replicate_experts, weight, int(num_phy))
+
+
+def rebalance_experts_hierarchical(
+    weight: Tensor, num_physical_experts: int, num_groups: int, num_nodes: int, num_gpus: int
+) -> Tuple[Tensor, Tensor, Tensor]:
+    """DeepSeek's hierarchical policy on ``weight [L, E]``.
+
+    Returns ``(phy2log [L, P], phyrank [L, P], logcnt [L, E])``, int64, where
+    ``phyrank`` is the replica rank of the expert in each slot.
+    """
+    weight = check_loads("weight", weight, (2,))
+    P = check_int("num_physical_experts", num_physical_experts)
+    C = check_int("num_groups", num_groups)
+    N = check_int("num_nodes", num_nodes)
+    G = check_int("num_gpus", num_gpus)
+    if P % G != 0:
+        raise ValueError(f"num_gpus={G} must divide num_physical_experts={P}")
+    return _ops.call(_ops.ops.deepseek, weight.unsqueeze(0), P, P // G, C, N)
+
+
+def rebalance_experts(
+    weight: Tensor, num_replicas: int, num_groups: int, num_nodes: int, num_gpus: int
+) -> Tuple[Tensor, Tensor, Tensor]:
+    """DeepSeek's entry point on ``weight [L, E]``: the hierarchical policy
+    when ``num_groups % num_nodes == 0``, else the global one.
+
+    Returns ``(phy2log [L, num_replicas], log2phy [L, E, num_replicas - E + 1],
+    logcnt [L, E])``, int64; ``log2phy`` is padded with -1, as in DeepSeek's
+    code (its width does not depend on the counts).
+    """
+    weight = check_loads("weight", weight, (2,))
+    P = check_int("num_replicas", num_replicas)
+    C = check_int("num_groups", num_groups)
+    N = check_int("num_nodes", num_nodes)
+    G = check_int("num_gpus", num_gpus)
+    if P % G != 0:
+        raise ValueError(f"num_gpus={G} must divide num_replicas={P}")
+    if C % N != 0:
+        C, N = 1, 1
+    phy2log, phy_rank, logcnt = _ops.call(_ops.ops.deepseek, weight.unsqueeze(0), P, P // G, C, N)
+    log2phy = _ops.ops.logical_to_physical(phy2log, phy_rank, weight.shape[1], P - weight.shape[1] + 1)
+    return phy2log, log2phy, logcnt
