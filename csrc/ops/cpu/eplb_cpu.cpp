@@ -149,17 +149,17 @@ std::tuple<Tensor, Tensor, Tensor> deepseek_cpu(Tensor tokens, int64_t P, int64_
     const Loads<T> t = make_loads<T>(tokens);
     check_loads(t, "tokens_per_expert", true);
     const DeepseekDims d{(int32_t)a.E, (int32_t)a.P, (int32_t)a.C, (int32_t)a.N, (int32_t)a.G};
-    const int64_t bytes = deepseek_scratch(d, nullptr, nullptr) + 16 * a.E;
+    const int64_t bytes = deepseek_scratch(d, nullptr, nullptr);
     const int64_t work = a.S * a.E + 16 * a.P + 8 * a.E;
     for_each_layer(a.L, grain_for(work), bytes, [&](int64_t l, void* buf) {
-      uint64_t* acc = static_cast<uint64_t*>(buf);
-      float* w = reinterpret_cast<float*>(acc + a.E);
-      load_layer(t, l, w, acc, nullptr);
       DeepseekScratch s;
-      deepseek_scratch(d, w + 2 * a.E, &s);
-      deepseek_replicate_layer(w, d, s);
-      deepseek_place_layer<int64_t>(d, s, ptr<int64_t>(phy2log) + l * a.P,
-                                    ptr<int64_t>(rank) + l * a.P, ptr<int64_t>(logcnt) + l * a.E);
+      deepseek_scratch(d, buf, &s);
+      load_layer(t, l, s.w, s.acc, nullptr);
+      deepseek_renumber(d, s, deepseek_pack(d, buf, d.N));
+      int64_t* p2l = ptr<int64_t>(phy2log) + l * a.P;
+      int64_t* rk = ptr<int64_t>(rank) + l * a.P;
+      for (int32_t n = 0; n < d.N; ++n) deepseek_node(d, s, deepseek_pack(d, buf, n), n, p2l, rk);
+      for (int32_t e = 0; e < d.E; ++e) deepseek_count(s, e, ptr<int64_t>(logcnt) + l * a.E);
     });
   });
   return {phy2log, rank, logcnt};
