@@ -58,7 +58,16 @@ def main():
     if cuda:
         archs = os.environ.setdefault("TORCH_CUDA_ARCH_LIST", DEFAULT_ARCHS)
         sources += sorted(glob.glob("csrc/ops/cuda/*.cu"))
-        extra["nvcc"] = ["-O3", "-std=c++17", "--fmad=false", "--threads", os.environ.get("NVCC_THREADS", "2")] + common
+        # USE_CUDA exposes the CUDA part of torch's C shim (the current stream).
+        # --fmad=false: no fused multiply-add, so every float op rounds as on the CPU.
+        extra["nvcc"] = [
+            "-O3",
+            "-std=c++17",
+            "--fmad=false",
+            "-DUSE_CUDA",
+            "--threads",
+            os.environ.get("NVCC_THREADS", "2"),
+        ] + common
         cuda_version = toolkit_version()
         local = "cu" + cuda_version.replace(".", "")
         ext_cls = cpp_extension.CUDAExtension

@@ -236,6 +236,21 @@ EPLB_HD void load_layer(const Loads<T>& t, int64_t l, float* out, uint64_t* acc,
   }
 }
 
+// The same sum for one expert, for a thread that owns expert e (the CUDA
+// kernels): the same additions in the same order as load_layer.
+template <typename T>
+EPLB_HD float sum_over_steps_one(const Loads<T>& t, int64_t l, int64_t e) {
+  if constexpr (std::is_integral<T>::value) {
+    uint64_t a = 0;
+    for (int64_t s = 0; s < t.S; ++s) a += (uint64_t)t.raw(s, l, e);
+    return (float)a;
+  } else {
+    float a = 0.0f;
+    for (int64_t s = 0; s < t.S; ++s) a = a + t.at(s, l, e);
+    return a;
+  }
+}
+
 // Why a stored load is rejected (SPEC "Bad input"); 0 means it is fine.
 enum LoadFault : int32_t { kLoadOk = 0, kLoadNegative = 1, kLoadNaN = 2, kLoadInf = 3 };
 

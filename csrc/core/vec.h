@@ -224,13 +224,11 @@ EPLB_HD int32_t vec_pick(const VecChunk& c) {
   return best;
 }
 
-// Step 1 of the hierarchical variant: expert sums over steps (and the loads,
-// expert-major, in tt) and the node-major renumbering
-// (orig[renumbered] = original).
-template <typename T>
-EPLB_HD void vec_renumber(const Loads<T>& t, int64_t l, VecDims d, VecScratch s) {
+// Step 1 of the hierarchical variant, after the loads are summed
+// (expert_sum): group loads, groups into nodes, and the node-major
+// renumbering (orig[renumbered] = original).
+EPLB_HD void vec_renumber(VecDims d, VecScratch s) {
   const int32_t m = d.E / d.C, groups_per_node = d.C / d.N;
-  load_layer(t, l, s.expert_sum, s.acc, s.tt);
   for (int32_t c = 0; c < d.C; ++c) {
     float acc = 0.0f;
     for (int32_t j = 0; j < m; ++j) acc = acc + s.expert_sum[c * m + j];
@@ -242,6 +240,29 @@ EPLB_HD void vec_renumber(const Loads<T>& t, int64_t l, VecDims d, VecScratch s)
     const int32_t base = (s.group_pack[c] * groups_per_node + s.group_rank[c]) * m;
     for (int32_t j = 0; j < m; ++j) s.orig[base + j] = c * m + j;
   }
+}
+
+// Chunk c's expert j starts with one replica, rank 0, in slot c * Pc + j.
+EPLB_HD void vec_init_expert(VecDims d, VecScratch s, int32_t c, int32_t j) {
+  const int32_t en = d.E / d.N, pn = d.P / d.N;
+  s.first[j] = -1;
+  s.saving[j] = 0.0;
+  s.cnt[c * en + j] = 1;
+  s.p2l[c * pn + j] = c * en + j;
+  s.prank[c * pn + j] = 0;
+}
+
+// Builds the trees of steps s0, s0 + ds, ... (each step's tree is touched
+// only by the thread that owns the step).
+EPLB_HD void vec_build_trees(VecChunk& ch, int64_t s0, int64_t ds) {
+  for (int32_t j = 0; j < ch.n2; ++j) ch.set_leaf(j, s0, ch.S, ds);
+  for (int32_t x = ch.n2 - 1; x >= 1; --x) ch.fix_node(x, s0, ch.S, ds);
+}
+
+// Expert j's count changed: recompute its leaf and its path to the root.
+EPLB_HD void vec_refresh_trees(VecChunk& ch, int32_t j, int64_t s0, int64_t ds) {
+  ch.set_leaf(j, s0, ch.S, ds);
+  for (int32_t x = (ch.n2 + j) >> 1; x >= 1; x >>= 1) ch.fix_node(x, s0, ch.S, ds);
 }
 
 // Spreads chunk c's slots over its GPUs in snake order by load and writes the
@@ -286,26 +307,19 @@ EPLB_HD void vec_add_replica(VecDims d, VecScratch s, int32_t c, int32_t i, int3
   s.cnt[e] += 1;
 }
 
-// One layer, single-threaded: the CPU kernel's unit of work.
+// One layer, single-threaded: the CPU kernel's unit of work. The CUDA kernel
+// runs the same phases with the step loops spread over a block's threads.
 template <typename T, typename P2L, typename OutT>
 EPLB_HD void vec_layer(const Loads<T>& t, int64_t l, VecDims d, VecScratch s, P2L* phy2log,
                        OutT* log2phy, OutT* logcnt) {
-  const int32_t en = d.E / d.N, pn = d.P / d.N, rn = (d.P - d.E) / d.N;
+  const int32_t en = d.E / d.N, rn = (d.P - d.E) / d.N;
   const int64_t S = d.S;
-  vec_renumber(t, l, d, s);
+  load_layer(t, l, s.expert_sum, s.acc, s.tt);
+  vec_renumber(d, s);
   for (int32_t c = 0; c < d.N; ++c) {
     VecChunk ch{s, S, c * en, en, next_pow2(en)};
-    for (int32_t j = 0; j < en; ++j) {
-      s.first[j] = -1;
-      s.saving[j] = 0.0;
-      s.cnt[ch.e0 + j] = 1;
-      s.p2l[c * pn + j] = ch.e0 + j;
-      s.prank[c * pn + j] = 0;
-    }
-    if (rn > 0 && S > 0) {
-      for (int32_t j = 0; j < ch.n2; ++j) ch.set_leaf(j, 0, S, 1);
-      for (int32_t x = ch.n2 - 1; x >= 1; --x) ch.fix_node(x, 0, S, 1);
-    }
+    for (int32_t j = 0; j < en; ++j) vec_init_expert(d, s, c, j);
+    if (rn > 0 && S > 0) vec_build_trees(ch, 0, 1);
     for (int32_t i = 0; i < rn; ++i) {
       int32_t j = 0;  // with no steps every total is 0: the first expert wins
       if (S > 0) {
@@ -313,10 +327,7 @@ EPLB_HD void vec_layer(const Loads<T>& t, int64_t l, VecDims d, VecScratch s, P2
         j = vec_pick(ch);
       }
       vec_add_replica(d, s, c, i, j);
-      if (i + 1 < rn && S > 0) {
-        ch.set_leaf(j, 0, S, 1);
-        for (int32_t x = (ch.n2 + j) >> 1; x >= 1; x >>= 1) ch.fix_node(x, 0, S, 1);
-      }
+      if (i + 1 < rn && S > 0) vec_refresh_trees(ch, j, 0, 1);
     }
     vec_deal_chunk(d, s, c, phy2log, log2phy, logcnt);
   }

@@ -1,0 +1,297 @@
+// CUDA kernels: the same core functions as the CPU kernels, one thread block
+// per layer. Within a block, threads split the work that is independent
+// (experts for the sums, nodes for the deepseek placement, steps for the vec
+// trees) and one thread runs what is sequential by definition (sorting,
+// packing, the pick of each replica), so results are bit-identical to the
+// CPU. Kernels run on the current stream; nothing is copied to the host and
+// nothing synchronises. Load values are not checked here (that would need a
+// read on the host): the Python layer checks them, and the kernels stay in
+// bounds for any values.
+#include <torch/csrc/inductor/aoti_torch/c/shim.h>
+#include <torch/csrc/stable/accelerator.h>
+#include <torch/csrc/stable/library.h>
+
+#include "../../core/deepseek.h"
+#include "../../core/vec.h"
+#include "../tensor_utils.h"
+#include "cuda_check.cuh"
+
+namespace eplb {
+namespace {
+
+using torch::stable::Tensor;
+
+constexpr int kThreads = 256;
+
+cudaStream_t current_stream(const Tensor& t) {
+  void* stream = nullptr;
+  if (aoti_torch_get_current_cuda_stream(t.get_device_index(), &stream) != AOTI_TORCH_SUCCESS) {
+    fail("RuntimeError", "could not get the current CUDA stream");
+  }
+  return static_cast<cudaStream_t>(stream);
+}
+
+void check_cuda(const Tensor& t, const char* name) {
+  EPLB_CHECK_VALUE(t.is_cuda(), name, " must be a CUDA tensor for this kernel");
+}
+
+Tensor new_index(const Tensor& like, std::initializer_list<int64_t> shape, ScalarType dtype) {
+  return torch::stable::empty(torch::headeronly::IntHeaderOnlyArrayRef(shape), dtype,
+                              std::nullopt, like.device());
+}
+
+// Per-unit scratch in device memory from torch's caching allocator (so the
+// calls can be captured in a CUDA graph). Units are 256-byte aligned.
+struct Scratch {
+  Tensor buf;
+  int64_t stride;
+  char* unit(int64_t i) const { return static_cast<char*>(buf.mutable_data_ptr()) + i * stride; }
+};
+
+Scratch new_scratch(const Tensor& like, int64_t units, int64_t bytes) {
+  const int64_t stride = (bytes + 255) / 256 * 256;
+  Tensor buf = new_index(like, {std::max<int64_t>(1, units * stride)}, ScalarType::Byte);
+  return Scratch{buf, stride};
+}
+
+template <typename T>
+T* ptr(const Tensor& t) {
+  return static_cast<T*>(t.mutable_data_ptr());
+}
+
+// ---------------------------------------------------------------- kernels
+
+template <typename T>
+__global__ void balanced_packing_kernel(Loads<T> w, int32_t n, int32_t m, char* scratch,
+                                        int64_t stride, int64_t* pack, int64_t* rank) {
+  const int64_t l = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+  if (l >= w.L) return;
+  Carver c{scratch + l * stride, 0};
+  float* wf = c.take<float>(n);
+  int32_t* p32 = c.take<int32_t>(n);
+  int32_t* r32 = c.take<int32_t>(n);
+  const PackScratch ps = take_pack_scratch(c, n, m);
+  for (int32_t i = 0; i < n; ++i) wf[i] = w.at(0, l, i);
+  balanced_pack(wf, n, m, true, p32, r32, ps);
+  for (int32_t i = 0; i < n; ++i) {
+    pack[l * n + i] = p32[i];
+    rank[l * n + i] = r32[i];
+  }
+}
+
+template <typename T>
+__global__ void replicate_kernel(Loads<T> w, int32_t n, int32_t p, char* scratch, int64_t stride,
+                                 int64_t* phy2log, int64_t* rank, int64_t* logcnt) {
+  const int64_t l = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+  if (l >= w.L) return;
+  Carver c{scratch + l * stride, 0};
+  float* wf = c.take<float>(n);
+  float* ratio = c.take<float>(n);
+  int32_t* cnt = c.take<int32_t>(n);
+  int32_t* p2l = c.take<int32_t>(p);
+  int32_t* rk = c.take<int32_t>(p);
+  int32_t* win = c.take<int32_t>(next_pow2(n));
+  for (int32_t i = 0; i < n; ++i) wf[i] = w.at(0, l, i);
+  replicate(wf, n, p, p2l, rk, cnt, ratio, win);
+  for (int32_t i = 0; i < p; ++i) {
+    phy2log[l * p + i] = p2l[i];
+    rank[l * p + i] = rk[i];
+  }
+  for (int32_t i = 0; i < n; ++i) logcnt[l * n + i] = cnt[i];
+}
+
+template <typename T>
+__global__ void deepseek_kernel(Loads<T> t, DeepseekDims d, char* scratch, int64_t stride,
+                                int64_t* phy2log, int64_t* rank, int64_t* logcnt) {
+  const int64_t l = blockIdx.x;
+  char* buf = scratch + l * stride;
+  DeepseekScratch s;
+  deepseek_scratch(d, buf, &s);
+  for (int32_t e = threadIdx.x; e < d.E; e += blockDim.x) s.w[e] = sum_over_steps_one(t, l, e);
+  __syncthreads();
+  if (threadIdx.x == 0) deepseek_renumber(d, s, deepseek_pack(d, buf, d.N));
+  __syncthreads();
+  for (int32_t n = threadIdx.x; n < d.N; n += blockDim.x) {
+    deepseek_node(d, s, deepseek_pack(d, buf, n), n, phy2log + l * d.P, rank + l * d.P);
+  }
+  __syncthreads();
+  for (int32_t e = threadIdx.x; e < d.E; e += blockDim.x) deepseek_count(s, e, logcnt + l * d.E);
+}
+
+__global__ void logical_to_physical_kernel(const int64_t* phy2log, const int64_t* rank, int64_t P,
+                                           int64_t E, int64_t X, int64_t* out) {
+  const int64_t l = blockIdx.x;
+  int64_t* row = out + l * E * X;
+  for (int64_t i = threadIdx.x; i < E * X; i += blockDim.x) row[i] = -1;
+  __syncthreads();
+  // One thread scatters, so even malformed input writes deterministically.
+  if (threadIdx.x == 0) scatter_log2phy(phy2log + l * P, rank + l * P, P, E, X, row);
+}
+
+template <typename T>
+__global__ void deepseek_vec_kernel(Loads<T> t, VecDims d, char* scratch, int64_t stride,
+                                    int32_t* phy2log, int32_t* log2phy, int32_t* logcnt) {
+  __shared__ int32_t picked;
+  const int64_t l = blockIdx.x;
+  const int32_t tid = threadIdx.x, nt = blockDim.x;
+  const int32_t en = d.E / d.N, rn = (d.P - d.E) / d.N;
+  const int64_t S = d.S, X = (int64_t)d.P - d.E + 1;
+  VecScratch s;
+  vec_scratch(d, scratch + l * stride, &s);
+  for (int32_t e = tid; e < d.E; e += nt) {
+    s.expert_sum[e] = sum_over_steps_one(t, l, e);
+    for (int64_t st = 0; st < S; ++st) s.tt[(int64_t)e * S + st] = t.at(st, l, e);
+  }
+  int32_t* l2p = log2phy + l * d.E * X;
+  for (int64_t i = tid; i < (int64_t)d.E * X; i += nt) l2p[i] = -1;
+  __syncthreads();
+  if (tid == 0) vec_renumber(d, s);
+  __syncthreads();
+  for (int32_t c = 0; c < d.N; ++c) {
+    VecChunk ch{s, S, c * en, en, next_pow2(en)};
+    for (int32_t j = tid; j < en; j += nt) vec_init_expert(d, s, c, j);
+    __syncthreads();
+    if (rn > 0 && S > 0) vec_build_trees(ch, tid, nt);
+    for (int32_t i = 0; i < rn; ++i) {
+      if (S > 0) ch.step_values(tid, S, nt);
+      __syncthreads();
+      if (tid == 0) {
+        const int32_t j = S > 0 ? vec_pick(ch) : 0;
+        vec_add_replica(d, s, c, i, j);
+        picked = j;
+      }
+      __syncthreads();
+      if (i + 1 < rn && S > 0) vec_refresh_trees(ch, picked, tid, nt);
+    }
+    __syncthreads();
+    if (tid == 0) vec_deal_chunk(d, s, c, phy2log + l * d.P, l2p, logcnt + l * d.E);
+    __syncthreads();
+  }
+}
+
+// ---------------------------------------------------------------- ops
+
+unsigned blocks_for(int64_t n, int threads) { return (unsigned)((n + threads - 1) / threads); }
+
+std::tuple<Tensor, Tensor> balanced_packing_cuda(Tensor weight, int64_t num_packs) {
+  check_load_tensor(weight, "weight", 2);
+  check_cuda(weight, "weight");
+  const int64_t L = weight.size(0), n = weight.size(1);
+  EPLB_CHECK_VALUE(num_packs >= 1, "num_packs=", num_packs, " must be a positive integer");
+  EPLB_CHECK_VALUE(n % num_packs == 0, "num_packs=", num_packs,
+                   " must divide the number of items ", n);
+  EPLB_CHECK_VALUE(n <= kMaxIndex, "weight has ", n, " items; at most ", kMaxIndex);
+  torch::stable::accelerator::DeviceGuard guard(weight.get_device_index());
+  Tensor pack = new_index(weight, {L, n}, ScalarType::Long);
+  Tensor rank = new_index(weight, {L, n}, ScalarType::Long);
+  if (L == 0) return {pack, rank};
+  Carver c{nullptr, 0};
+  c.take<float>(n), c.take<int32_t>(n), c.take<int32_t>(n);
+  take_pack_scratch(c, n, num_packs);
+  const Scratch sc = new_scratch(weight, L, c.off);
+  dispatch_loads(weight, "weight", [&](auto tag) {
+    using T = decltype(tag);
+    balanced_packing_kernel<T><<<blocks_for(L, 64), 64, 0, current_stream(weight)>>>(
+        make_loads<T>(weight), (int32_t)n, (int32_t)num_packs, sc.unit(0), sc.stride,
+        ptr<int64_t>(pack), ptr<int64_t>(rank));
+    EPLB_CUDA_CHECK_LAUNCH();
+  });
+  return {pack, rank};
+}
+
+std::tuple<Tensor, Tensor, Tensor> replicate_experts_cuda(Tensor weight, int64_t num_phy) {
+  check_load_tensor(weight, "weight", 2);
+  check_cuda(weight, "weight");
+  const int64_t L = weight.size(0), n = weight.size(1);
+  EPLB_CHECK_VALUE(n >= 1, "weight has no experts; at least 1 is required");
+  EPLB_CHECK_VALUE(num_phy >= n, "num_phy=", num_phy, " is smaller than the number of experts ",
+                   n);
+  EPLB_CHECK_VALUE(num_phy <= kMaxIndex, "num_phy=", num_phy, " exceeds ", kMaxIndex);
+  torch::stable::accelerator::DeviceGuard guard(weight.get_device_index());
+  Tensor phy2log = new_index(weight, {L, num_phy}, ScalarType::Long);
+  Tensor rank = new_index(weight, {L, num_phy}, ScalarType::Long);
+  Tensor logcnt = new_index(weight, {L, n}, ScalarType::Long);
+  if (L == 0) return {phy2log, rank, logcnt};
+  Carver c{nullptr, 0};
+  c.take<float>(n), c.take<float>(n), c.take<int32_t>(n);
+  c.take<int32_t>(num_phy), c.take<int32_t>(num_phy), c.take<int32_t>(next_pow2((int32_t)n));
+  const Scratch sc = new_scratch(weight, L, c.off);
+  dispatch_loads(weight, "weight", [&](auto tag) {
+    using T = decltype(tag);
+    replicate_kernel<T><<<blocks_for(L, 64), 64, 0, current_stream(weight)>>>(
+        make_loads<T>(weight), (int32_t)n, (int32_t)num_phy, sc.unit(0), sc.stride,
+        ptr<int64_t>(phy2log), ptr<int64_t>(rank), ptr<int64_t>(logcnt));
+    EPLB_CUDA_CHECK_LAUNCH();
+  });
+  return {phy2log, rank, logcnt};
+}
+
+std::tuple<Tensor, Tensor, Tensor> deepseek_cuda(Tensor tokens, int64_t P, int64_t k, int64_t C,
+                                                int64_t N) {
+  check_load_tensor(tokens, "tokens_per_expert", 3);
+  check_cuda(tokens, "tokens_per_expert");
+  const Placement a = check_placement(tokens.size(0), tokens.size(1), tokens.size(2), P, k, C, N);
+  torch::stable::accelerator::DeviceGuard guard(tokens.get_device_index());
+  Tensor phy2log = new_index(tokens, {a.L, a.P}, ScalarType::Long);
+  Tensor rank = new_index(tokens, {a.L, a.P}, ScalarType::Long);
+  Tensor logcnt = new_index(tokens, {a.L, a.E}, ScalarType::Long);
+  if (a.L == 0) return {phy2log, rank, logcnt};
+  const DeepseekDims d{(int32_t)a.E, (int32_t)a.P, (int32_t)a.C, (int32_t)a.N, (int32_t)a.G};
+  const Scratch sc = new_scratch(tokens, a.L, deepseek_scratch(d, nullptr, nullptr));
+  dispatch_loads(tokens, "tokens_per_expert", [&](auto tag) {
+    using T = decltype(tag);
+    deepseek_kernel<T><<<(unsigned)a.L, 128, 0, current_stream(tokens)>>>(
+        make_loads<T>(tokens), d, sc.unit(0), sc.stride, ptr<int64_t>(phy2log),
+        ptr<int64_t>(rank), ptr<int64_t>(logcnt));
+    EPLB_CUDA_CHECK_LAUNCH();
+  });
+  return {phy2log, rank, logcnt};
+}
+
+Tensor logical_to_physical_cuda(Tensor phy2log, Tensor rank, int64_t E, int64_t width) {
+  const Placement a = check_log2phy_args(phy2log, rank, E, width);
+  check_cuda(phy2log, "physical_to_logical_map");
+  check_cuda(rank, "physical_rank");
+  EPLB_CHECK_VALUE(phy2log.get_device_index() == rank.get_device_index(),
+                   "physical_to_logical_map and physical_rank must be on the same device");
+  torch::stable::accelerator::DeviceGuard guard(phy2log.get_device_index());
+  Tensor out = new_index(phy2log, {a.L, a.E, a.X}, ScalarType::Long);
+  if (a.L == 0) return out;
+  logical_to_physical_kernel<<<(unsigned)a.L, kThreads, 0, current_stream(phy2log)>>>(
+      ptr<int64_t>(phy2log), ptr<int64_t>(rank), a.P, a.E, a.X, ptr<int64_t>(out));
+  EPLB_CUDA_CHECK_LAUNCH();
+  return out;
+}
+
+std::tuple<Tensor, Tensor, Tensor> deepseek_vec_cuda(Tensor tokens, int64_t P, int64_t k,
+                                                    int64_t C, int64_t N) {
+  check_load_tensor(tokens, "tokens_per_expert", 3);
+  check_cuda(tokens, "tokens_per_expert");
+  const Placement a = check_placement(tokens.size(0), tokens.size(1), tokens.size(2), P, k, C, N);
+  torch::stable::accelerator::DeviceGuard guard(tokens.get_device_index());
+  Tensor phy2log = new_index(tokens, {a.L, a.P}, ScalarType::Int);
+  Tensor log2phy = new_index(tokens, {a.L, a.E, a.X}, ScalarType::Int);
+  Tensor logcnt = new_index(tokens, {a.L, a.E}, ScalarType::Int);
+  if (a.L == 0) return {phy2log, log2phy, logcnt};
+  const VecDims d{a.S, (int32_t)a.E, (int32_t)a.P, (int32_t)a.k, (int32_t)a.C, (int32_t)a.N};
+  const Scratch sc = new_scratch(tokens, a.L, vec_scratch(d, nullptr, nullptr));
+  dispatch_loads(tokens, "tokens_per_expert", [&](auto tag) {
+    using T = decltype(tag);
+    deepseek_vec_kernel<T><<<(unsigned)a.L, kThreads, 0, current_stream(tokens)>>>(
+        make_loads<T>(tokens), d, sc.unit(0), sc.stride, ptr<int32_t>(phy2log),
+        ptr<int32_t>(log2phy), ptr<int32_t>(logcnt));
+    EPLB_CUDA_CHECK_LAUNCH();
+  });
+  return {phy2log, log2phy, logcnt};
+}
+
+}  // namespace
+}  // namespace eplb
+
+STABLE_TORCH_LIBRARY_IMPL(eplb_ext, CUDA, m) {
+  m.impl("balanced_packing", TORCH_BOX(&eplb::balanced_packing_cuda));
+  m.impl("replicate_experts", TORCH_BOX(&eplb::replicate_experts_cuda));
+  m.impl("deepseek", TORCH_BOX(&eplb::deepseek_cuda));
+  m.impl("logical_to_physical", TORCH_BOX(&eplb::logical_to_physical_cuda));
+  m.impl("deepseek_vec", TORCH_BOX(&eplb::deepseek_vec_cuda));
+}
