@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 
 from . import _ops
-from ._validate import check_int, check_loads
+from ._validate import check_int, check_load_values, check_loads
 
 
 class EplbAlgorithm(Enum):
@@ -83,6 +83,7 @@ def rebalance_experts(
     algorithm: Union[str, EplbAlgorithm] = "auto",
     *,
     fixed_width: bool = False,
+    check_values: bool = True,
 ) -> Tuple[Tensor, Tensor, Tensor]:
     """Places experts on GPUs.
 
@@ -98,6 +99,12 @@ def rebalance_experts(
         fixed_width: for the ``deepseek`` variants, return
             ``logical_to_physical_map`` at width ``P - E + 1`` instead of the
             largest count, which avoids reading the counts on the host.
+        check_values: for a tensor on a GPU, check that every load is finite
+            and >= 0 before placing (one boolean read on the host). With
+            ``check_values=False`` and ``fixed_width=True`` a CUDA call never
+            synchronises and can be captured in a CUDA graph; bad loads then
+            give an unspecified (but in-bounds) placement. CPU tensors are
+            always checked, in C++, at no extra cost.
 
     Returns:
         ``(physical_to_logical_map [L, P], logical_to_physical_map [L, E, X],
@@ -136,8 +143,11 @@ def rebalance_experts(
             raise ValueError(f"num_nodes={N} must divide the number of GPUs {G} (num_physical_experts / k)")
     else:
         C, N = 1, 1
-    if not isinstance(fixed_width, bool):
-        raise TypeError(f"fixed_width must be a bool, got {type(fixed_width).__name__}")
+    for flag, value in (("fixed_width", fixed_width), ("check_values", check_values)):
+        if not isinstance(value, bool):
+            raise TypeError(f"{flag} must be a bool, got {type(value).__name__}")
+    if check_values and tokens.device.type != "cpu":
+        check_load_values("tokens_per_expert", tokens)
 
     if algo.step_aware:
         phy2log, log2phy, logcnt = _ops.call(_ops.ops.deepseek_vec, tokens, P, k, C, N)

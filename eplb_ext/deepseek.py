@@ -1,7 +1,8 @@
 """DeepSeek's ``eplb.py`` API, compiled: same names, arguments and outputs.
 
 All functions take CPU or CUDA tensors of any integer or floating dtype and
-return int64 tensors on the same device.
+return int64 tensors on the same device. Loads must be finite and >= 0; on a
+GPU that check reads one boolean on the host.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ def balanced_packing(weight: Tensor, num_packs: int) -> Tuple[Tensor, Tensor]:
 
     Returns ``(pack_index [X, n], rank_in_pack [X, n])``, int64.
     """
-    weight = check_loads("weight", weight, (2,))
+    weight = check_loads("weight", weight, (2,), values_on_device=True)
     check_int("num_packs", num_packs)
     return _ops.call(_ops.ops.balanced_packing, weight, int(num_packs))
 
@@ -35,7 +36,7 @@ def replicate_experts(weight: Tensor, num_phy: int) -> Tuple[Tensor, Tensor, Ten
 
     Returns ``(phy2log [X, num_phy], rank [X, num_phy], logcnt [X, n])``, int64.
     """
-    weight = check_loads("weight", weight, (2,))
+    weight = check_loads("weight", weight, (2,), values_on_device=True)
     check_int("num_phy", num_phy)
     return _ops.call(_ops.ops.replicate_experts, weight, int(num_phy))
 
@@ -48,7 +49,7 @@ def rebalance_experts_hierarchical(
     Returns ``(phy2log [L, P], phyrank [L, P], logcnt [L, E])``, int64, where
     ``phyrank`` is the replica rank of the expert in each slot.
     """
-    weight = check_loads("weight", weight, (2,))
+    weight = check_loads("weight", weight, (2,), values_on_device=True)
     P = check_int("num_physical_experts", num_physical_experts)
     C = check_int("num_groups", num_groups)
     N = check_int("num_nodes", num_nodes)
@@ -68,7 +69,7 @@ def rebalance_experts(
     logcnt [L, E])``, int64; ``log2phy`` is padded with -1, as in DeepSeek's
     code (its width does not depend on the counts).
     """
-    weight = check_loads("weight", weight, (2,))
+    weight = check_loads("weight", weight, (2,), values_on_device=True)
     P = check_int("num_replicas", num_replicas)
     C = check_int("num_groups", num_groups)
     N = check_int("num_nodes", num_nodes)

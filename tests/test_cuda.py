@@ -1,0 +1,189 @@
+"""CUDA kernels: golden cases, bit-equality with the CPU op, opcheck, CUDA
+graphs and streams. Skipped where no CUDA device is present."""
+
+from pathlib import Path
+
+import pytest
+import torch
+
+import eplb_ext
+from eplb_ext import deepseek as ds_api
+
+pytestmark = [
+    pytest.mark.cuda,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (none present)"),
+]
+
+GOLDEN = Path(__file__).resolve().parents[2] / "shared" / "golden" / "upstream_v1.pt"
+VARIANTS = ["deepseek", "deepseek_hierarchical", "deepseek_vec", "deepseek_vec_hierarchical"]
+OPS = torch.ops.eplb_ext
+
+
+def assert_same(a, b):
+    for x, y in zip(a, b):
+        assert x.dtype == y.dtype and x.shape == y.shape
+        assert torch.equal(x.cpu(), y.cpu())
+
+
+def golden_cases():
+    if not GOLDEN.exists():
+        return []
+    return torch.load(GOLDEN, weights_only=True)["cases"]
+
+
+@pytest.mark.parametrize("case", golden_cases(), ids=lambda c: c["name"])
+def test_golden_on_cuda(case):
+    out = eplb_ext.rebalance_experts(
+        case["tokens_per_expert"].cuda(),
+        case["num_physical_experts"],
+        case["num_local_physical_experts"],
+        case["num_groups"],
+        case["num_nodes"],
+        case["algorithm"],
+    )
+    assert all(t.is_cuda for t in out)
+    assert_same(out, (case["physical_to_logical_map"], case["logical_to_physical_map"], case["logical_count"]))
+
+
+def test_golden_present():
+    if not GOLDEN.exists():
+        pytest.skip(f"golden vectors not found at {GOLDEN}")
+    assert len(golden_cases()) == 200
+
+
+def loads(kind, S, L, E, dtype, gen):
+    if kind == "skewed":
+        base = torch.rand(L, E, generator=gen) ** 4 * 200
+        x = torch.poisson(base.expand(S, L, E).contiguous(), generator=gen)
+    elif kind == "ties":
+        x = torch.randint(0, 3, (S, L, E), generator=gen).float()
+    elif kind == "zeros":
+        x = torch.zeros(S, L, E)
+    else:  # fractional
+        x = torch.rand(S, L, E, generator=gen) * 10
+    return x.to(dtype)
+
+
+CONFIGS = [
+    # (S, L, E, P, k, C, N)
+    (1, 58, 256, 288, 9, 8, 4),
+    (4, 7, 256, 320, 10, 8, 8),
+    (64, 5, 64, 96, 12, 8, 2),
+    (3, 4, 60, 72, 12, 6, 3),
+    (2, 3, 16, 16, 1, 4, 2),
+    (1, 2, 1, 4, 2, 1, 1),
+    (300, 3, 256, 288, 9, 8, 4),
+]
+
+
+@pytest.mark.parametrize("cfg", CONFIGS, ids=str)
+@pytest.mark.parametrize("kind", ["skewed", "ties", "zeros", "fractional"])
+@pytest.mark.parametrize("dtype", [torch.int64, torch.float32, torch.float16])
+def test_cuda_matches_cpu(cfg, kind, dtype):
+    S, L, E, P, k, C, N = cfg
+    gen = torch.Generator().manual_seed(hash((cfg, kind, str(dtype))) % 2**31)
+    x = loads(kind, S, L, E, dtype, gen)
+    for algo in VARIANTS:
+        cpu = eplb_ext.rebalance_experts(x, P, k, C, N, algo)
+        gpu = eplb_ext.rebalance_experts(x.cuda(), P, k, C, N, algo)
+        assert_same(cpu, gpu)
+
+
+def test_cuda_matches_cpu_large_steps():
+    gen = torch.Generator().manual_seed(7)
+    x = loads("skewed", 1000, 58, 256, torch.int64, gen)
+    for algo in VARIANTS:
+        assert_same(
+            eplb_ext.rebalance_experts(x, 288, 9, 8, 4, algo),
+            eplb_ext.rebalance_experts(x.cuda(), 288, 9, 8, 4, algo),
+        )
+
+
+def test_cuda_non_contiguous_and_building_blocks():
+    gen = torch.Generator().manual_seed(3)
+    x = loads("skewed", 6, 64, 5, torch.float32, gen).transpose(1, 2)  # [6, 5, 64], strided
+    for algo in VARIANTS:
+        assert_same(
+            eplb_ext.rebalance_experts(x, 80, 5, 8, 4, algo),
+            eplb_ext.rebalance_experts(x.cuda(), 80, 5, 8, 4, algo),
+        )
+    w = x.sum(0)
+    assert_same(ds_api.balanced_packing(w, 8), ds_api.balanced_packing(w.cuda(), 8))
+    assert_same(ds_api.replicate_experts(w, 90), ds_api.replicate_experts(w.cuda(), 90))
+    assert_same(
+        ds_api.rebalance_experts_hierarchical(w, 80, 8, 4, 16),
+        ds_api.rebalance_experts_hierarchical(w.cuda(), 80, 8, 4, 16),
+    )
+    assert_same(ds_api.rebalance_experts(w, 80, 8, 4, 16), ds_api.rebalance_experts(w.cuda(), 80, 8, 4, 16))
+
+
+def test_cuda_bad_values_are_rejected():
+    x = torch.ones(2, 3, 16, device="cuda")
+    x[1, 2, 5] = float("nan")
+    with pytest.raises(ValueError, match=r"tokens_per_expert\[1, 2, 5\] = nan is NaN"):
+        eplb_ext.rebalance_experts(x, 16, 4, 4, 2, "deepseek_vec")
+
+
+def test_cuda_empty_batch():
+    x = torch.zeros(1, 0, 8, device="cuda")
+    for algo in VARIANTS:
+        out = eplb_ext.rebalance_experts(x, 16, 4, 2, 2, algo)
+        assert [t.shape[0] for t in out] == [0, 0, 0]
+
+
+def test_opcheck_cuda():
+    gen = torch.Generator().manual_seed(1)
+    x = loads("skewed", 3, 4, 16, torch.float32, gen).cuda()
+    w = x.sum(0)
+    torch.library.opcheck(OPS.deepseek, (x, 24, 3, 4, 2))
+    torch.library.opcheck(OPS.deepseek_vec, (x, 24, 3, 4, 2))
+    torch.library.opcheck(OPS.balanced_packing, (w, 4))
+    torch.library.opcheck(OPS.replicate_experts, (w, 20))
+    p2l, rank, _ = OPS.deepseek(x, 24, 3, 4, 2)
+    torch.library.opcheck(OPS.logical_to_physical, (p2l, rank, 16, 9))
+
+
+@pytest.mark.parametrize("algo", VARIANTS)
+def test_no_host_sync(algo):
+    x = torch.poisson(torch.rand(8, 58, 256, device="cuda") * 50)
+    eplb_ext.rebalance_experts(x, 288, 9, 8, 4, algo, fixed_width=True, check_values=False)  # warm-up
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        eplb_ext.rebalance_experts(x, 288, 9, 8, 4, algo, fixed_width=True, check_values=False)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+
+
+@pytest.mark.parametrize("algo", VARIANTS)
+def test_cuda_graph_capture(algo):
+    static = torch.zeros(4, 58, 256, device="cuda")
+    kwargs = dict(fixed_width=True, check_values=False)
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        eplb_ext.rebalance_experts(static, 288, 9, 8, 4, algo, **kwargs)
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = eplb_ext.rebalance_experts(static, 288, 9, 8, 4, algo, **kwargs)
+    for seed in range(3):
+        gen = torch.Generator().manual_seed(seed)
+        data = loads("skewed", 4, 58, 256, torch.float32, gen)
+        static.copy_(data)
+        graph.replay()
+        torch.cuda.synchronize()
+        assert_same(out, eplb_ext.rebalance_experts(data, 288, 9, 8, 4, algo, fixed_width=True))
+
+
+def test_non_default_stream():
+    gen = torch.Generator().manual_seed(5)
+    x = loads("skewed", 16, 58, 256, torch.float32, gen)
+    stream = torch.cuda.Stream()
+    xs = x.cuda()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        outs = [eplb_ext.rebalance_experts(xs, 288, 9, 8, 4, a, fixed_width=True, check_values=False) for a in VARIANTS]
+    stream.synchronize()
+    for algo, out in zip(VARIANTS, outs):
+        assert_same(out, eplb_ext.rebalance_experts(x, 288, 9, 8, 4, algo, fixed_width=True))
