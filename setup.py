@@ -53,7 +53,9 @@ def main():
     cuda = want_cuda()
     sources = sorted(glob.glob("csrc/ops/*.cpp") + glob.glob("csrc/ops/cpu/*.cpp"))
     common = ["-DTORCH_TARGET_VERSION=" + TORCH_TARGET]
-    cxx = ["-O3", "-std=c++17", "-ffp-contract=off", "-fvisibility=hidden"] + common
+    # -fno-wrapv undoes the -fwrapv of Python's own CFLAGS, which blocks vectorising
+    # the step loops; -ffp-contract=off: no FMA, so every float op rounds alone.
+    cxx = ["-O3", "-std=c++17", "-fno-wrapv", "-ffp-contract=off", "-fvisibility=hidden"] + common
     extra = {"cxx": cxx}
     if cuda:
         archs = os.environ.setdefault("TORCH_CUDA_ARCH_LIST", DEFAULT_ARCHS)

@@ -5,6 +5,7 @@
 #include <torch/csrc/stable/library.h>
 
 #include <algorithm>
+#include <memory>
 #include <vector>
 
 #include "../../core/deepseek.h"
@@ -29,8 +30,9 @@ template <typename F>
 void for_each_layer(int64_t L, int64_t grain, int64_t scratch_bytes, const F& body) {
   if (L == 0) return;
   torch::stable::parallel_for(0, L, grain, [&](int64_t begin, int64_t end) {
-    std::vector<uint64_t> buf(static_cast<size_t>(scratch_bytes / 8 + 1));
-    for (int64_t l = begin; l < end; ++l) body(l, static_cast<void*>(buf.data()));
+    // Uninitialised on purpose: every core function writes before it reads.
+    std::unique_ptr<uint64_t[]> buf(new uint64_t[static_cast<size_t>(scratch_bytes / 8 + 1)]);
+    for (int64_t l = begin; l < end; ++l) body(l, static_cast<void*>(buf.get()));
   });
 }
 
