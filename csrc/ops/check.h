@@ -34,7 +34,9 @@ template <typename... Args>
 
 namespace eplb {
 
-constexpr int64_t kMaxIndex = std::numeric_limits<int32_t>::max();
+// The largest count of experts, slots or items: indices are int32 inside the
+// core, and trees over them have up to twice as many nodes.
+constexpr int64_t kMaxIndex = int64_t{1} << 30;
 
 // The placement arguments shared by every variant (SPEC "Bad input").
 struct Placement {
@@ -49,7 +51,7 @@ inline Placement check_placement(int64_t S, int64_t L, int64_t E, int64_t P, int
                    " is smaller than the number of logical experts ", E,
                    "; every expert needs at least one slot");
   EPLB_CHECK_VALUE(P <= kMaxIndex, "num_physical_experts=", P, " exceeds ", kMaxIndex,
-                   ", the largest slot index the int32 outputs can hold");
+                   ", the largest number of slots supported (int32 indices)");
   EPLB_CHECK_VALUE(k >= 1, "num_local_physical_experts=", k, " must be a positive integer");
   EPLB_CHECK_VALUE(P % k == 0, "num_local_physical_experts=", k,
                    " must divide num_physical_experts=", P);

@@ -72,6 +72,50 @@ inline void check_load_tensor(const Tensor& t, const char* name, int64_t dim) {
   dispatch_loads(t, name, [](auto) {});
 }
 
+inline Tensor new_index(const Tensor& like, std::initializer_list<int64_t> shape,
+                        ScalarType dtype) {
+  return torch::stable::empty(torch::headeronly::IntHeaderOnlyArrayRef(shape), dtype,
+                              std::nullopt, like.device());
+}
+
+template <typename T>
+T* ptr(const Tensor& t) {
+  return static_cast<T*>(t.mutable_data_ptr());
+}
+
+// Each kernel file serves one device; the dispatcher only routes there.
+inline void check_device(const Tensor& t, const char* name, bool cuda) {
+  EPLB_CHECK_VALUE(t.is_cuda() == cuda, name, " must be a ", cuda ? "CUDA" : "CPU",
+                   " tensor for this kernel");
+}
+
+// Checks of each op's arguments, shared by the CPU and CUDA kernels.
+inline void check_packing_args(const Tensor& weight, int64_t num_packs) {
+  check_load_tensor(weight, "weight", 2);
+  const int64_t n = weight.size(1);
+  EPLB_CHECK_VALUE(num_packs >= 1, "num_packs=", num_packs, " must be a positive integer");
+  EPLB_CHECK_VALUE(n % num_packs == 0, "num_packs=", num_packs,
+                   " must divide the number of items ", n);
+  EPLB_CHECK_VALUE(n <= kMaxIndex, "weight has ", n, " items; at most ", kMaxIndex,
+                   " are supported");
+}
+
+inline void check_replicate_args(const Tensor& weight, int64_t num_phy) {
+  check_load_tensor(weight, "weight", 2);
+  const int64_t n = weight.size(1);
+  EPLB_CHECK_VALUE(n >= 1, "weight has no experts; at least 1 is required");
+  EPLB_CHECK_VALUE(num_phy >= n, "num_phy=", num_phy,
+                   " is smaller than the number of experts ", n);
+  EPLB_CHECK_VALUE(num_phy <= kMaxIndex, "num_phy=", num_phy, " exceeds ", kMaxIndex,
+                   ", the largest number of slots supported");
+}
+
+inline Placement check_placement_args(const Tensor& tokens, int64_t P, int64_t k, int64_t C,
+                                      int64_t N) {
+  check_load_tensor(tokens, "tokens_per_expert", 3);
+  return check_placement(tokens.size(0), tokens.size(1), tokens.size(2), P, k, C, N);
+}
+
 // physical_to_logical_map and physical_rank: int64 [L, P], contiguous.
 inline Placement check_log2phy_args(const Tensor& phy2log, const Tensor& rank, int64_t E,
                                     int64_t width) {

@@ -5,6 +5,8 @@
 #include <torch/csrc/stable/library.h>
 
 #include <algorithm>
+#include <atomic>
+#include <new>
 #include <memory>
 #include <vector>
 
@@ -26,14 +28,23 @@ int64_t grain_for(int64_t work_per_layer) {
 }
 
 // Runs body(l, scratch) for every layer; each task owns one scratch buffer.
+// No exception may cross the C boundary of torch's parallel_for, so a failed
+// allocation is caught in the task and reported after it.
 template <typename F>
 void for_each_layer(int64_t L, int64_t grain, int64_t scratch_bytes, const F& body) {
   if (L == 0) return;
+  std::atomic<bool> out_of_memory{false};
   torch::stable::parallel_for(0, L, grain, [&](int64_t begin, int64_t end) {
     // Uninitialised on purpose: every core function writes before it reads.
-    std::unique_ptr<uint64_t[]> buf(new uint64_t[static_cast<size_t>(scratch_bytes / 8 + 1)]);
+    std::unique_ptr<uint64_t[]> buf(new (std::nothrow) uint64_t[static_cast<size_t>(scratch_bytes / 8 + 1)]);
+    if (!buf) {
+      out_of_memory = true;
+      return;
+    }
     for (int64_t l = begin; l < end; ++l) body(l, static_cast<void*>(buf.get()));
   });
+  EPLB_CHECK_VALUE(!out_of_memory, "out of host memory for ", scratch_bytes,
+                   " bytes of scratch per thread");
 }
 
 template <typename T>
@@ -45,28 +56,10 @@ void check_loads(const Loads<T>& t, const char* name, bool three_d) {
   report_bad_load(t, bad.data(), name, three_d);
 }
 
-Tensor new_index(const Tensor& like, std::initializer_list<int64_t> shape, ScalarType dtype) {
-  return torch::stable::empty(torch::headeronly::IntHeaderOnlyArrayRef(shape), dtype,
-                              std::nullopt, like.device());
-}
-
-template <typename OutT>
-OutT* ptr(const Tensor& t) {
-  return static_cast<OutT*>(t.mutable_data_ptr());
-}
-
-void check_cpu(const Tensor& t, const char* name) {
-  EPLB_CHECK_VALUE(t.is_cpu(), name, " must be a CPU tensor for this kernel");
-}
-
 std::tuple<Tensor, Tensor> balanced_packing_cpu(Tensor weight, int64_t num_packs) {
-  check_load_tensor(weight, "weight", 2);
-  check_cpu(weight, "weight");
+  check_packing_args(weight, num_packs);
+  check_device(weight, "weight", false);
   const int64_t L = weight.size(0), n = weight.size(1);
-  EPLB_CHECK_VALUE(num_packs >= 1, "num_packs=", num_packs, " must be a positive integer");
-  EPLB_CHECK_VALUE(n % num_packs == 0, "num_packs=", num_packs,
-                   " must divide the number of items ", n);
-  EPLB_CHECK_VALUE(n <= kMaxIndex, "weight has ", n, " items; at most ", kMaxIndex);
   Tensor pack = new_index(weight, {L, n}, ScalarType::Long);
   Tensor rank = new_index(weight, {L, n}, ScalarType::Long);
   dispatch_loads(weight, "weight", [&](auto tag) {
@@ -103,13 +96,9 @@ std::tuple<Tensor, Tensor> balanced_packing_cpu(Tensor weight, int64_t num_packs
 }
 
 std::tuple<Tensor, Tensor, Tensor> replicate_experts_cpu(Tensor weight, int64_t num_phy) {
-  check_load_tensor(weight, "weight", 2);
-  check_cpu(weight, "weight");
+  check_replicate_args(weight, num_phy);
+  check_device(weight, "weight", false);
   const int64_t L = weight.size(0), n = weight.size(1);
-  EPLB_CHECK_VALUE(n >= 1, "weight has no experts; at least 1 is required");
-  EPLB_CHECK_VALUE(num_phy >= n, "num_phy=", num_phy, " is smaller than the number of experts ",
-                   n);
-  EPLB_CHECK_VALUE(num_phy <= kMaxIndex, "num_phy=", num_phy, " exceeds ", kMaxIndex);
   Tensor phy2log = new_index(weight, {L, num_phy}, ScalarType::Long);
   Tensor rank = new_index(weight, {L, num_phy}, ScalarType::Long);
   Tensor logcnt = new_index(weight, {L, n}, ScalarType::Long);
@@ -140,9 +129,8 @@ std::tuple<Tensor, Tensor, Tensor> replicate_experts_cpu(Tensor weight, int64_t 
 
 std::tuple<Tensor, Tensor, Tensor> deepseek_cpu(Tensor tokens, int64_t P, int64_t k, int64_t C,
                                                int64_t N) {
-  check_load_tensor(tokens, "tokens_per_expert", 3);
-  check_cpu(tokens, "tokens_per_expert");
-  const Placement a = check_placement(tokens.size(0), tokens.size(1), tokens.size(2), P, k, C, N);
+  const Placement a = check_placement_args(tokens, P, k, C, N);
+  check_device(tokens, "tokens_per_expert", false);
   Tensor phy2log = new_index(tokens, {a.L, a.P}, ScalarType::Long);
   Tensor rank = new_index(tokens, {a.L, a.P}, ScalarType::Long);
   Tensor logcnt = new_index(tokens, {a.L, a.E}, ScalarType::Long);
@@ -169,8 +157,8 @@ std::tuple<Tensor, Tensor, Tensor> deepseek_cpu(Tensor tokens, int64_t P, int64_
 
 Tensor logical_to_physical_cpu(Tensor phy2log, Tensor rank, int64_t E, int64_t width) {
   const Placement a = check_log2phy_args(phy2log, rank, E, width);
-  check_cpu(phy2log, "physical_to_logical_map");
-  check_cpu(rank, "physical_rank");
+  check_device(phy2log, "physical_to_logical_map", false);
+  check_device(rank, "physical_rank", false);
   Tensor out = new_index(phy2log, {a.L, a.E, a.X}, ScalarType::Long);
   const int64_t* p2l = ptr<int64_t>(phy2log);
   const int64_t* rk = ptr<int64_t>(rank);
@@ -186,9 +174,8 @@ Tensor logical_to_physical_cpu(Tensor phy2log, Tensor rank, int64_t E, int64_t w
 
 std::tuple<Tensor, Tensor, Tensor> deepseek_vec_cpu(Tensor tokens, int64_t P, int64_t k,
                                                    int64_t C, int64_t N) {
-  check_load_tensor(tokens, "tokens_per_expert", 3);
-  check_cpu(tokens, "tokens_per_expert");
-  const Placement a = check_placement(tokens.size(0), tokens.size(1), tokens.size(2), P, k, C, N);
+  const Placement a = check_placement_args(tokens, P, k, C, N);
+  check_device(tokens, "tokens_per_expert", false);
   Tensor phy2log = new_index(tokens, {a.L, a.P}, ScalarType::Int);
   Tensor log2phy = new_index(tokens, {a.L, a.E, a.X}, ScalarType::Int);
   Tensor logcnt = new_index(tokens, {a.L, a.E}, ScalarType::Int);

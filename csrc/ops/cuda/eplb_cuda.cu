@@ -31,15 +31,6 @@ cudaStream_t current_stream(const Tensor& t) {
   return static_cast<cudaStream_t>(stream);
 }
 
-void check_cuda(const Tensor& t, const char* name) {
-  EPLB_CHECK_VALUE(t.is_cuda(), name, " must be a CUDA tensor for this kernel");
-}
-
-Tensor new_index(const Tensor& like, std::initializer_list<int64_t> shape, ScalarType dtype) {
-  return torch::stable::empty(torch::headeronly::IntHeaderOnlyArrayRef(shape), dtype,
-                              std::nullopt, like.device());
-}
-
 // Per-unit scratch in device memory from torch's caching allocator (so the
 // calls can be captured in a CUDA graph). Units are 256-byte aligned.
 struct Scratch {
@@ -52,11 +43,6 @@ Scratch new_scratch(const Tensor& like, int64_t units, int64_t bytes) {
   const int64_t stride = (bytes + 255) / 256 * 256;
   Tensor buf = new_index(like, {std::max<int64_t>(1, units * stride)}, ScalarType::Byte);
   return Scratch{buf, stride};
-}
-
-template <typename T>
-T* ptr(const Tensor& t) {
-  return static_cast<T*>(t.mutable_data_ptr());
 }
 
 // ---------------------------------------------------------------- kernels
@@ -174,13 +160,9 @@ __global__ void deepseek_vec_kernel(Loads<T> t, VecDims d, char* scratch, int64_
 unsigned blocks_for(int64_t n, int threads) { return (unsigned)((n + threads - 1) / threads); }
 
 std::tuple<Tensor, Tensor> balanced_packing_cuda(Tensor weight, int64_t num_packs) {
-  check_load_tensor(weight, "weight", 2);
-  check_cuda(weight, "weight");
+  check_packing_args(weight, num_packs);
+  check_device(weight, "weight", true);
   const int64_t L = weight.size(0), n = weight.size(1);
-  EPLB_CHECK_VALUE(num_packs >= 1, "num_packs=", num_packs, " must be a positive integer");
-  EPLB_CHECK_VALUE(n % num_packs == 0, "num_packs=", num_packs,
-                   " must divide the number of items ", n);
-  EPLB_CHECK_VALUE(n <= kMaxIndex, "weight has ", n, " items; at most ", kMaxIndex);
   torch::stable::accelerator::DeviceGuard guard(weight.get_device_index());
   Tensor pack = new_index(weight, {L, n}, ScalarType::Long);
   Tensor rank = new_index(weight, {L, n}, ScalarType::Long);
@@ -200,13 +182,9 @@ std::tuple<Tensor, Tensor> balanced_packing_cuda(Tensor weight, int64_t num_pack
 }
 
 std::tuple<Tensor, Tensor, Tensor> replicate_experts_cuda(Tensor weight, int64_t num_phy) {
-  check_load_tensor(weight, "weight", 2);
-  check_cuda(weight, "weight");
+  check_replicate_args(weight, num_phy);
+  check_device(weight, "weight", true);
   const int64_t L = weight.size(0), n = weight.size(1);
-  EPLB_CHECK_VALUE(n >= 1, "weight has no experts; at least 1 is required");
-  EPLB_CHECK_VALUE(num_phy >= n, "num_phy=", num_phy, " is smaller than the number of experts ",
-                   n);
-  EPLB_CHECK_VALUE(num_phy <= kMaxIndex, "num_phy=", num_phy, " exceeds ", kMaxIndex);
   torch::stable::accelerator::DeviceGuard guard(weight.get_device_index());
   Tensor phy2log = new_index(weight, {L, num_phy}, ScalarType::Long);
   Tensor rank = new_index(weight, {L, num_phy}, ScalarType::Long);
@@ -228,9 +206,8 @@ std::tuple<Tensor, Tensor, Tensor> replicate_experts_cuda(Tensor weight, int64_t
 
 std::tuple<Tensor, Tensor, Tensor> deepseek_cuda(Tensor tokens, int64_t P, int64_t k, int64_t C,
                                                 int64_t N) {
-  check_load_tensor(tokens, "tokens_per_expert", 3);
-  check_cuda(tokens, "tokens_per_expert");
-  const Placement a = check_placement(tokens.size(0), tokens.size(1), tokens.size(2), P, k, C, N);
+  const Placement a = check_placement_args(tokens, P, k, C, N);
+  check_device(tokens, "tokens_per_expert", true);
   torch::stable::accelerator::DeviceGuard guard(tokens.get_device_index());
   Tensor phy2log = new_index(tokens, {a.L, a.P}, ScalarType::Long);
   Tensor rank = new_index(tokens, {a.L, a.P}, ScalarType::Long);
@@ -250,8 +227,8 @@ std::tuple<Tensor, Tensor, Tensor> deepseek_cuda(Tensor tokens, int64_t P, int64
 
 Tensor logical_to_physical_cuda(Tensor phy2log, Tensor rank, int64_t E, int64_t width) {
   const Placement a = check_log2phy_args(phy2log, rank, E, width);
-  check_cuda(phy2log, "physical_to_logical_map");
-  check_cuda(rank, "physical_rank");
+  check_device(phy2log, "physical_to_logical_map", true);
+  check_device(rank, "physical_rank", true);
   EPLB_CHECK_VALUE(phy2log.get_device_index() == rank.get_device_index(),
                    "physical_to_logical_map and physical_rank must be on the same device");
   torch::stable::accelerator::DeviceGuard guard(phy2log.get_device_index());
@@ -265,9 +242,8 @@ Tensor logical_to_physical_cuda(Tensor phy2log, Tensor rank, int64_t E, int64_t 
 
 std::tuple<Tensor, Tensor, Tensor> deepseek_vec_cuda(Tensor tokens, int64_t P, int64_t k,
                                                     int64_t C, int64_t N) {
-  check_load_tensor(tokens, "tokens_per_expert", 3);
-  check_cuda(tokens, "tokens_per_expert");
-  const Placement a = check_placement(tokens.size(0), tokens.size(1), tokens.size(2), P, k, C, N);
+  const Placement a = check_placement_args(tokens, P, k, C, N);
+  check_device(tokens, "tokens_per_expert", true);
   torch::stable::accelerator::DeviceGuard guard(tokens.get_device_index());
   Tensor phy2log = new_index(tokens, {a.L, a.P}, ScalarType::Int);
   Tensor log2phy = new_index(tokens, {a.L, a.E, a.X}, ScalarType::Int);
