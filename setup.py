@@ -66,6 +66,8 @@ def main():
             "-O3",
             "-std=c++17",
             "--fmad=false",
+            "-Xcompiler",
+            "-ffp-contract=off",
             "-DUSE_CUDA",
             "--threads",
             os.environ.get("NVCC_THREADS", "2"),
