@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "../../core/deepseek.h"
+#include "../../core/rows.h"
 #include "../../core/vec.h"
 #include "../tensor_utils.h"
 
@@ -66,30 +67,9 @@ std::tuple<Tensor, Tensor> balanced_packing_cpu(Tensor weight, int64_t num_packs
     using T = decltype(tag);
     const Loads<T> w = make_loads<T>(weight);
     check_loads(w, "weight", false);
-    const int64_t m = num_packs;
-    auto carve = [n, m](void* buf, float** wf, int32_t** p32, int32_t** r32, PackScratch* ps) {
-      Carver c{static_cast<char*>(buf), 0};
-      *wf = c.take<float>(n);
-      *p32 = c.take<int32_t>(n);
-      *r32 = c.take<int32_t>(n);
-      *ps = take_pack_scratch(c, n, m);
-      return c.off;
-    };
-    float* wf;
-    int32_t *p32, *r32;
-    PackScratch ps;
-    const int64_t bytes = carve(nullptr, &wf, &p32, &r32, &ps);
+    const int64_t bytes = packing_row_scratch(n, num_packs, nullptr, nullptr);
     for_each_layer(L, grain_for(n * 8), bytes, [&](int64_t l, void* buf) {
-      float* wf;
-      int32_t *p32, *r32;
-      PackScratch ps;
-      carve(buf, &wf, &p32, &r32, &ps);
-      for (int64_t i = 0; i < n; ++i) wf[i] = w.at(0, l, i);
-      balanced_pack(wf, (int32_t)n, (int32_t)m, true, p32, r32, ps);
-      for (int64_t i = 0; i < n; ++i) {
-        ptr<int64_t>(pack)[l * n + i] = p32[i];
-        ptr<int64_t>(rank)[l * n + i] = r32[i];
-      }
+      packing_row(w, l, (int32_t)num_packs, buf, ptr<int64_t>(pack), ptr<int64_t>(rank));
     });
   });
   return {pack, rank};
@@ -106,22 +86,10 @@ std::tuple<Tensor, Tensor, Tensor> replicate_experts_cpu(Tensor weight, int64_t 
     using T = decltype(tag);
     const Loads<T> w = make_loads<T>(weight);
     check_loads(w, "weight", false);
-    const int64_t p = num_phy;
-    const int64_t bytes = 4 * (3 * n + 2 * p + next_pow2((int32_t)n)) + 8;
-    for_each_layer(L, grain_for(n + p * 8), bytes, [&](int64_t l, void* buf) {
-      float* wf = static_cast<float*>(buf);
-      float* ratio = wf + n;
-      int32_t* cnt = reinterpret_cast<int32_t*>(ratio + n);
-      int32_t* p2l = cnt + n;
-      int32_t* rk = p2l + p;
-      int32_t* win = rk + p;
-      for (int64_t i = 0; i < n; ++i) wf[i] = w.at(0, l, i);
-      replicate(wf, (int32_t)n, (int32_t)p, p2l, rk, cnt, ratio, win);
-      for (int64_t i = 0; i < p; ++i) {
-        ptr<int64_t>(phy2log)[l * p + i] = p2l[i];
-        ptr<int64_t>(rank)[l * p + i] = rk[i];
-      }
-      for (int64_t i = 0; i < n; ++i) ptr<int64_t>(logcnt)[l * n + i] = cnt[i];
+    const int64_t bytes = replicate_row_scratch(n, num_phy, nullptr, nullptr);
+    for_each_layer(L, grain_for(n + num_phy * 8), bytes, [&](int64_t l, void* buf) {
+      replicate_row(w, l, (int32_t)num_phy, buf, ptr<int64_t>(phy2log), ptr<int64_t>(rank),
+                    ptr<int64_t>(logcnt));
     });
   });
   return {phy2log, rank, logcnt};

@@ -12,6 +12,7 @@
 #include <torch/csrc/stable/library.h>
 
 #include "../../core/deepseek.h"
+#include "../../core/rows.h"
 #include "../../core/vec.h"
 #include "../tensor_utils.h"
 #include "cuda_check.cuh"
@@ -48,42 +49,17 @@ Scratch new_scratch(const Tensor& like, int64_t units, int64_t bytes) {
 // ---------------------------------------------------------------- kernels
 
 template <typename T>
-__global__ void balanced_packing_kernel(Loads<T> w, int32_t n, int32_t m, char* scratch,
-                                        int64_t stride, int64_t* pack, int64_t* rank) {
+__global__ void balanced_packing_kernel(Loads<T> w, int32_t m, char* scratch, int64_t stride,
+                                        int64_t* pack, int64_t* rank) {
   const int64_t l = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
-  if (l >= w.L) return;
-  Carver c{scratch + l * stride, 0};
-  float* wf = c.take<float>(n);
-  int32_t* p32 = c.take<int32_t>(n);
-  int32_t* r32 = c.take<int32_t>(n);
-  const PackScratch ps = take_pack_scratch(c, n, m);
-  for (int32_t i = 0; i < n; ++i) wf[i] = w.at(0, l, i);
-  balanced_pack(wf, n, m, true, p32, r32, ps);
-  for (int32_t i = 0; i < n; ++i) {
-    pack[l * n + i] = p32[i];
-    rank[l * n + i] = r32[i];
-  }
+  if (l < w.L) packing_row(w, l, m, scratch + l * stride, pack, rank);
 }
 
 template <typename T>
-__global__ void replicate_kernel(Loads<T> w, int32_t n, int32_t p, char* scratch, int64_t stride,
+__global__ void replicate_kernel(Loads<T> w, int32_t p, char* scratch, int64_t stride,
                                  int64_t* phy2log, int64_t* rank, int64_t* logcnt) {
   const int64_t l = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
-  if (l >= w.L) return;
-  Carver c{scratch + l * stride, 0};
-  float* wf = c.take<float>(n);
-  float* ratio = c.take<float>(n);
-  int32_t* cnt = c.take<int32_t>(n);
-  int32_t* p2l = c.take<int32_t>(p);
-  int32_t* rk = c.take<int32_t>(p);
-  int32_t* win = c.take<int32_t>(next_pow2(n));
-  for (int32_t i = 0; i < n; ++i) wf[i] = w.at(0, l, i);
-  replicate(wf, n, p, p2l, rk, cnt, ratio, win);
-  for (int32_t i = 0; i < p; ++i) {
-    phy2log[l * p + i] = p2l[i];
-    rank[l * p + i] = rk[i];
-  }
-  for (int32_t i = 0; i < n; ++i) logcnt[l * n + i] = cnt[i];
+  if (l < w.L) replicate_row(w, l, p, scratch + l * stride, phy2log, rank, logcnt);
 }
 
 template <typename T>
@@ -167,14 +143,11 @@ std::tuple<Tensor, Tensor> balanced_packing_cuda(Tensor weight, int64_t num_pack
   Tensor pack = new_index(weight, {L, n}, ScalarType::Long);
   Tensor rank = new_index(weight, {L, n}, ScalarType::Long);
   if (L == 0) return {pack, rank};
-  Carver c{nullptr, 0};
-  c.take<float>(n), c.take<int32_t>(n), c.take<int32_t>(n);
-  take_pack_scratch(c, n, num_packs);
-  const Scratch sc = new_scratch(weight, L, c.off);
+  const Scratch sc = new_scratch(weight, L, packing_row_scratch(n, num_packs, nullptr, nullptr));
   dispatch_loads(weight, "weight", [&](auto tag) {
     using T = decltype(tag);
     balanced_packing_kernel<T><<<blocks_for(L, 64), 64, 0, current_stream(weight)>>>(
-        make_loads<T>(weight), (int32_t)n, (int32_t)num_packs, sc.unit(0), sc.stride,
+        make_loads<T>(weight), (int32_t)num_packs, sc.unit(0), sc.stride,
         ptr<int64_t>(pack), ptr<int64_t>(rank));
     EPLB_CUDA_CHECK_LAUNCH();
   });
@@ -190,14 +163,11 @@ std::tuple<Tensor, Tensor, Tensor> replicate_experts_cuda(Tensor weight, int64_t
   Tensor rank = new_index(weight, {L, num_phy}, ScalarType::Long);
   Tensor logcnt = new_index(weight, {L, n}, ScalarType::Long);
   if (L == 0) return {phy2log, rank, logcnt};
-  Carver c{nullptr, 0};
-  c.take<float>(n), c.take<float>(n), c.take<int32_t>(n);
-  c.take<int32_t>(num_phy), c.take<int32_t>(num_phy), c.take<int32_t>(next_pow2((int32_t)n));
-  const Scratch sc = new_scratch(weight, L, c.off);
+  const Scratch sc = new_scratch(weight, L, replicate_row_scratch(n, num_phy, nullptr, nullptr));
   dispatch_loads(weight, "weight", [&](auto tag) {
     using T = decltype(tag);
     replicate_kernel<T><<<blocks_for(L, 64), 64, 0, current_stream(weight)>>>(
-        make_loads<T>(weight), (int32_t)n, (int32_t)num_phy, sc.unit(0), sc.stride,
+        make_loads<T>(weight), (int32_t)num_phy, sc.unit(0), sc.stride,
         ptr<int64_t>(phy2log), ptr<int64_t>(rank), ptr<int64_t>(logcnt));
     EPLB_CUDA_CHECK_LAUNCH();
   });
