@@ -37,10 +37,13 @@ def check_int(name: str, value: object, *, allow_none: bool = False, minimum: in
     return value
 
 
-def check_loads(name: str, tensor: object, dims: tuple, *, values_on_device: bool = False) -> Tensor:
+def check_loads(
+    name: str, tensor: object, dims: tuple, *, values_on_device: bool = False, values: bool = False
+) -> Tensor:
     """Checks type, rank, layout and dtype of a load tensor; widens float8 to
-    float32. With ``values_on_device``, also checks the values of a tensor
-    that is not on the CPU (``check_load_values``)."""
+    float32. Also checks the values (``check_load_values``) with ``values``,
+    or with ``values_on_device`` for a tensor that is not on the CPU (the CPU
+    ops check values themselves)."""
     if not isinstance(tensor, Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(tensor).__name__}")
     if tensor.dim() not in dims:
@@ -52,7 +55,7 @@ def check_loads(name: str, tensor: object, dims: tuple, *, values_on_device: boo
         raise TypeError(f"{name} has dtype {tensor.dtype}; loads must be an integer or floating dtype")
     if tensor.dtype in _WIDEN_TO_FLOAT32:
         tensor = tensor.float()
-    if values_on_device and tensor.device.type != "cpu":
+    if values or (values_on_device and tensor.device.type != "cpu"):
         check_load_values(name, tensor)
     return tensor
 

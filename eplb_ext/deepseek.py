@@ -2,7 +2,8 @@
 
 All functions take CPU or CUDA tensors of any integer or floating dtype and
 return int64 tensors on the same device. Loads must be finite and >= 0; on a
-GPU that check reads one boolean on the host.
+GPU that check reads one boolean on the host. (The two placement functions
+check [L, E] loads in Python, so errors name ``weight`` and its 2-D index.)
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ def rebalance_experts_hierarchical(
     Returns ``(phy2log [L, P], phyrank [L, P], logcnt [L, E])``, int64, where
     ``phyrank`` is the replica rank of the expert in each slot.
     """
-    weight = check_loads("weight", weight, (2,), values_on_device=True)
+    weight = check_loads("weight", weight, (2,), values=True)
     P = check_int("num_physical_experts", num_physical_experts)
     C = check_int("num_groups", num_groups)
     N = check_int("num_nodes", num_nodes)
@@ -69,7 +70,7 @@ def rebalance_experts(
     logcnt [L, E])``, int64; ``log2phy`` is padded with -1, as in DeepSeek's
     code (its width does not depend on the counts).
     """
-    weight = check_loads("weight", weight, (2,), values_on_device=True)
+    weight = check_loads("weight", weight, (2,), values=True)
     P = check_int("num_replicas", num_replicas)
     C = check_int("num_groups", num_groups)
     N = check_int("num_nodes", num_nodes)

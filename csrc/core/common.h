@@ -190,28 +190,52 @@ struct Loads {
   }
 };
 
+// An exact sum of non-negative integer loads in 128 bits (no realistic
+// number of int64 loads overflows it), converted to float32 with one
+// round-to-nearest-even, as the exact integer sum converted once.
+struct Sum128 {
+  uint64_t lo, hi;
+
+  EPLB_HD void add(uint64_t v) {
+    lo += v;
+    hi += (uint64_t)(lo < v);
+  }
+  EPLB_HD float to_f32() const {
+    if (hi == 0) return (float)lo;
+    int32_t k = 0;  // significant bits in hi
+    for (uint64_t x = hi; x != 0; x >>= 1) ++k;
+    // Keep the top 64 bits and fold the rest into bit 0 (sticky): with 40
+    // bits below float's 24, one conversion still rounds to nearest-even.
+    const uint64_t top = k == 64 ? hi : (hi << (64 - k)) | (lo >> k);
+    const uint64_t rest = k == 64 ? lo : lo << (64 - k);
+    float scale = 1.0f;  // 2^k, exact
+    for (int32_t i = 0; i < k; ++i) scale *= 2.0f;
+    return (float)(top | (uint64_t)(rest != 0)) * scale;
+  }
+};
+
 // Sums over steps of every expert of layer l into out[E] (SPEC "sum over
 // steps"): integer loads are summed exactly (they are checked to be >= 0, so
 // unsigned wrap-around is the only overflow and it is well defined) in
-// acc[E] and converted to float32 once; floating loads are converted first
+// acc[E] (Sum128) and converted to float32 once; floating loads are converted first
 // and added s = 0, 1, ... in float32. If tt is given, also stores the layer's
 // loads as float32, expert-major: tt[e * S + s]. Steps are read in blocks so
 // that both the rows read and the columns written stay in cache.
 template <typename T>
-EPLB_HD void add_row(const T* row, int64_t se, int64_t E, float* out, uint64_t* acc) {
+EPLB_HD void add_row(const T* row, int64_t se, int64_t E, float* out, Sum128* acc) {
   if constexpr (std::is_integral<T>::value) {
-    for (int64_t e = 0; e < E; ++e) acc[e] += (uint64_t)row[e * se];
+    for (int64_t e = 0; e < E; ++e) acc[e].add((uint64_t)row[e * se]);
   } else {
     for (int64_t e = 0; e < E; ++e) out[e] = out[e] + to_f32<T>(row[e * se]);
   }
 }
 
 template <typename T>
-EPLB_HD void load_layer(const Loads<T>& t, int64_t l, float* out, uint64_t* acc, float* tt) {
+EPLB_HD void load_layer(const Loads<T>& t, int64_t l, float* out, Sum128* acc, float* tt) {
   constexpr int64_t kBlock = 16;
   const int64_t E = t.E, S = t.S;
   for (int64_t e = 0; e < E; ++e) {
-    acc[e] = 0;
+    acc[e] = Sum128{0, 0};
     out[e] = 0.0f;
   }
   for (int64_t s0 = 0; s0 < S; s0 += kBlock) {
@@ -232,7 +256,7 @@ EPLB_HD void load_layer(const Loads<T>& t, int64_t l, float* out, uint64_t* acc,
     }
   }
   if constexpr (std::is_integral<T>::value) {
-    for (int64_t e = 0; e < E; ++e) out[e] = (float)acc[e];
+    for (int64_t e = 0; e < E; ++e) out[e] = acc[e].to_f32();
   }
 }
 
@@ -241,9 +265,9 @@ EPLB_HD void load_layer(const Loads<T>& t, int64_t l, float* out, uint64_t* acc,
 template <typename T>
 EPLB_HD float sum_over_steps_one(const Loads<T>& t, int64_t l, int64_t e) {
   if constexpr (std::is_integral<T>::value) {
-    uint64_t a = 0;
-    for (int64_t s = 0; s < t.S; ++s) a += (uint64_t)t.raw(s, l, e);
-    return (float)a;
+    Sum128 a{0, 0};
+    for (int64_t s = 0; s < t.S; ++s) a.add((uint64_t)t.raw(s, l, e));
+    return a.to_f32();
   } else {
     float a = 0.0f;
     for (int64_t s = 0; s < t.S; ++s) a = a + t.at(s, l, e);

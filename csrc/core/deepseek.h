@@ -30,7 +30,7 @@ EPLB_HD int64_t deepseek_pack_bytes(DeepseekDims d) {
 // "per node" hold one part per node, so that nodes can run concurrently.
 struct DeepseekScratch {
   float* w;            // E   the layer's load (sum over steps)
-  uint64_t* acc;       // E   integer sums
+  Sum128* acc;         // E   integer sums
   float* group_w;      // C
   int32_t* group_pack; // C
   int32_t* group_rank; // C
@@ -54,7 +54,7 @@ EPLB_HD int64_t deepseek_scratch(DeepseekDims d, void* buf, DeepseekScratch* out
   Carver c{(char*)buf, 0};
   DeepseekScratch s;
   s.w = c.take<float>(d.E);
-  s.acc = c.take<uint64_t>(d.E);
+  s.acc = c.take<Sum128>(d.E);
   s.group_w = c.take<float>(d.C);
   s.group_pack = c.take<int32_t>(d.C);
   s.group_rank = c.take<int32_t>(d.C);

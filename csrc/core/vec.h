@@ -20,7 +20,7 @@ struct VecDims {
 };
 
 struct VecScratch {
-  uint64_t* acc;       // E   integer sums over steps
+  Sum128* acc;         // E   integer sums over steps
   double* saving;      // E/N
   float* expert_sum;   // E   sum over steps, original order
   float* group_w;      // C
@@ -52,7 +52,7 @@ EPLB_HD int64_t vec_scratch(VecDims d, void* buf, VecScratch* out) {
   const int64_t nodes = 2 * (int64_t)next_pow2((int32_t)en) * d.S;
   Carver c{(char*)buf, 0};
   VecScratch s;
-  s.acc = c.take<uint64_t>(d.E);
+  s.acc = c.take<Sum128>(d.E);
   s.saving = c.take<double>(en);
   s.expert_sum = c.take<float>(d.E);
   s.group_w = c.take<float>(d.C);

@@ -1,7 +1,7 @@
 // Argument checks shared by the CPU and CUDA bindings. They run in release
 // builds too. The stable ABI carries only std::runtime_error across the
 // library boundary, so each message starts with a tag naming the Python
-// exception class; eplb_ext/_errors.py turns the tag back into that class.
+// exception class; eplb_ext/_ops.py (call) turns the tag back into that class.
 #pragma once
 
 #include <cstdint>

@@ -1,5 +1,5 @@
 // Operator schemas of the eplb_ext namespace. Kernels register per device in
-// cpu/ and cuda/; fake (meta) kernels live in eplb_ext/_meta.py.
+// cpu/ and cuda/; fake (meta) kernels live in eplb_ext/_ops.py.
 #include <torch/csrc/stable/library.h>
 
 STABLE_TORCH_LIBRARY(eplb_ext, m) {

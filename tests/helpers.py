@@ -1,0 +1,130 @@
+"""Shared test helpers: output comparison and the invariants of SPEC.md."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional, Sequence, Tuple
+
+import torch
+from torch import Tensor
+
+GOLDEN = Path(__file__).resolve().parents[2] / "shared" / "golden" / "upstream_v1.pt"
+OUTPUT_NAMES = ("physical_to_logical_map", "logical_to_physical_map", "logical_count")
+ALGORITHMS = ("deepseek", "deepseek_hierarchical", "deepseek_vec", "deepseek_vec_hierarchical")
+HIERARCHICAL = ("deepseek_hierarchical", "deepseek_vec_hierarchical")
+
+# SPEC "Outputs": dtypes of (phy2log, log2phy, logcnt) per variant.
+DTYPES = {
+    "deepseek": (torch.int64, torch.int64, torch.int64),
+    "deepseek_hierarchical": (torch.int64, torch.int64, torch.int64),
+    "deepseek_vec": (torch.int32, torch.int32, torch.int32),
+    "deepseek_vec_hierarchical": (torch.int64, torch.int32, torch.int32),
+}
+
+
+def load_golden_cases() -> Optional[list]:
+    if not GOLDEN.exists():
+        return None
+    return torch.load(GOLDEN, weights_only=True)["cases"]
+
+
+def assert_same(actual: Sequence[Tensor], expected: Sequence[Tensor], context: str = "") -> None:
+    """Exact equality of the three outputs: dtype, shape and values."""
+    assert len(actual) == len(expected) == 3
+    for name, a, e in zip(OUTPUT_NAMES, actual, expected):
+        assert a.dtype == e.dtype, f"{context} {name}: dtype {a.dtype} != {e.dtype}"
+        assert a.shape == e.shape, f"{context} {name}: shape {tuple(a.shape)} != {tuple(e.shape)}"
+        if not torch.equal(a, e):
+            diff = (a != e).nonzero()[:5].tolist()
+            raise AssertionError(f"{context} {name}: values differ, first at {diff}")
+
+
+def check_invariants(
+    outputs: Tuple[Tensor, Tensor, Tensor],
+    algorithm: str,
+    L: int,
+    E: int,
+    P: int,
+    k: int,
+    C: Optional[int] = None,
+    N: Optional[int] = None,
+    *,
+    fixed_width: bool = False,
+) -> None:
+    """SPEC "Invariants" (and the output contract) for one call's outputs."""
+    phy2log, log2phy, count = outputs
+    vec = algorithm.startswith("deepseek_vec")
+
+    # Dtypes and shapes.
+    assert tuple(o.dtype for o in outputs) == DTYPES[algorithm], [o.dtype for o in outputs]
+    assert tuple(phy2log.shape) == (L, P)
+    assert tuple(count.shape) == (L, E)
+    assert log2phy.dim() == 3 and tuple(log2phy.shape[:2]) == (L, E)
+    X = log2phy.shape[2]
+    if vec or fixed_width:
+        assert X == P - E + 1
+    else:
+        assert X == (int(count.max()) if L > 0 else 0)
+    if L == 0:
+        return
+
+    p2l, l2p, cnt = phy2log.long(), log2phy.long(), count.long()
+
+    # Every slot holds a valid expert; every expert has >= 1 slot; counts sum to P.
+    assert bool(((p2l >= 0) & (p2l < E)).all()), "a slot holds an invalid expert"
+    assert bool((cnt >= 1).all()), "an expert has no slot"
+    assert bool((cnt.sum(-1) == P).all()), "counts do not sum to P"
+    hist = torch.zeros(L, E, dtype=torch.int64).scatter_add_(1, p2l, torch.ones_like(p2l))
+    assert torch.equal(hist, cnt), "logical_count disagrees with physical_to_logical_map"
+
+    # log2phy[l, e, r]: a slot holding e for r < count, -1 after.
+    r = torch.arange(X).view(1, 1, X)
+    valid = r < cnt.unsqueeze(-1)
+    assert bool((l2p[~valid] == -1).all()), "log2phy is not -1 after the count"
+    assert bool(((l2p[valid] >= 0) & (l2p[valid] < P)).all()), "log2phy holds an invalid slot"
+    held = p2l.gather(1, l2p.clamp(min=0).reshape(L, E * X)).view(L, E, X)
+    expert = torch.arange(E).view(1, E, 1).expand(L, E, X)
+    assert torch.equal(held[valid], expert[valid]), "log2phy lists a slot that holds another expert"
+    # Each slot is listed exactly once (so both maps are inverse to each other).
+    slots = l2p.reshape(L, E * X)
+    listed = torch.zeros(L, P + 1, dtype=torch.int64).scatter_add_(
+        1, torch.where(slots < 0, P, slots), torch.ones_like(slots)
+    )[:, :P]
+    assert bool((listed == 1).all()), "a slot is listed zero or several times in log2phy"
+
+    # Hierarchical: each group's experts and replicas on a single node, and
+    # each node holds exactly C/N groups.
+    if algorithm in HIERARCHICAL:
+        assert C is not None and N is not None
+        m = E // C
+        slot_node = (torch.arange(P) // (P // N)).expand(L, P)
+        group_of_slot = p2l // m
+        node_of_group = torch.full((L, C), -1, dtype=torch.int64)
+        node_of_group.scatter_reduce_(1, group_of_slot, slot_node, reduce="amax", include_self=True)
+        min_node = torch.full((L, C), N, dtype=torch.int64)
+        min_node.scatter_reduce_(1, group_of_slot, slot_node, reduce="amin", include_self=True)
+        assert torch.equal(node_of_group, min_node), "a group's replicas span several nodes"
+        per_node = torch.zeros(L, N, dtype=torch.int64).scatter_add_(
+            1, node_of_group, torch.ones_like(node_of_group)
+        )
+        assert bool((per_node == C // N).all()), "a node does not hold exactly C/N groups"
+
+
+def check_against_reference(tokens, P, k, C, N, algorithm, *, check_fixed_width=True, context=""):
+    """Compiled vs reference (exact), plus invariants; returns the outputs."""
+    import eplb_ext
+    from eplb_ext import reference
+
+    out = eplb_ext.rebalance_experts(tokens, P, k, C, N, algorithm)
+    ref = reference.rebalance_experts(tokens, P, k, C, N, algorithm)
+    assert_same(out, ref, context)
+    L, E = tokens.shape[-2], tokens.shape[-1]
+    check_invariants(out, algorithm, L, E, P, k, C, N)
+    if check_fixed_width:
+        fixed = eplb_ext.rebalance_experts(tokens, P, k, C, N, algorithm, fixed_width=True)
+        check_invariants(fixed, algorithm, L, E, P, k, C, N, fixed_width=True)
+        assert torch.equal(fixed[0], out[0]) and torch.equal(fixed[2], out[2])
+        X = out[1].shape[-1]
+        assert torch.equal(fixed[1][..., :X], out[1]), context
+        assert bool((fixed[1][..., X:] == -1).all()), context
+    return out
