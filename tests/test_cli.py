@@ -1,0 +1,444 @@
+"""The eplb-ext command line, end to end through ``python -m eplb_ext`` in a
+subprocess (plus a few in-process calls of ``main``)."""
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import eplb_ext
+from eplb_ext import metrics
+from eplb_ext.cli import main
+
+REPO = Path(__file__).resolve().parents[1]
+HAS_MATPLOTLIB = importlib.util.find_spec("matplotlib") is not None
+HAS_SAFETENSORS = importlib.util.find_spec("safetensors") is not None
+
+# A small grouped deployment: 4 layers of 16 experts in 4 groups, 24 slots on
+# 4 GPUs (6 each) in 2 nodes. Every variant applies.
+S, L, E, C, N, G, P = 3, 4, 16, 4, 2, 4, 24
+DEPLOY_ARGS = ["-P", str(P), "-G", str(G), "--num-nodes", str(N), "--num-groups", str(C)]
+
+
+def run_cli(*args, cwd, extra_path=None):
+    """Runs ``python -m eplb_ext ARGS``; the checkout (with its in-place build)
+    is importable through PYTHONPATH. Never a traceback, whatever happens."""
+    path = [str(REPO)] + ([str(extra_path)] if extra_path else [])
+    if extra_path:
+        path.reverse()  # a stand-in module must shadow the real one
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(path + [os.environ.get("PYTHONPATH", "")]))
+    proc = subprocess.run(
+        [sys.executable, "-m", "eplb_ext", *map(str, args)], cwd=cwd, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert "Traceback" not in proc.stderr, proc.stderr
+    return proc
+
+
+def assert_error(proc, *fragments):
+    """Exit code 2 and an ``eplb-ext: error:`` line holding every fragment."""
+    assert proc.returncode == 2, (proc.stdout, proc.stderr)
+    lines = proc.stderr.strip().splitlines()
+    errors = [line for line in lines if line.startswith("eplb-ext: error: ") or " error: " in line]
+    assert len(errors) == 1, proc.stderr
+    for fragment in fragments:
+        assert fragment in proc.stderr, proc.stderr
+
+
+class Result:
+    def __init__(self, returncode, stdout, stderr):
+        self.returncode, self.stdout, self.stderr = returncode, stdout, stderr
+
+
+@pytest.fixture
+def cli(tmp_path, monkeypatch, capsys):
+    """Runs ``main(ARGS)`` in this process with tmp_path as the working folder:
+    the same code path as the console script, without a Python start-up per
+    case. An exception escaping ``main`` fails the test (it would be a
+    traceback for the user)."""
+    monkeypatch.chdir(tmp_path)
+
+    def run(*args):
+        capsys.readouterr()
+        code = main([str(a) for a in args])
+        out, err = capsys.readouterr()
+        assert "Traceback" not in err
+        return Result(code, out, err)
+
+    return run
+
+
+@pytest.fixture(scope="module")
+def tokens():
+    gen = torch.Generator().manual_seed(5)
+    return torch.randint(0, 1000, (S, L, E), generator=gen)
+
+
+def expected(tokens, algorithm="auto"):
+    return eplb_ext.rebalance_experts(tokens, P, P // G, C, N, algorithm)
+
+
+def read_output(path):
+    if path.suffix == ".json":
+        return {k: torch.tensor(v) for k, v in json.loads(path.read_text()).items()}
+    return torch.load(path, weights_only=True)
+
+
+def assert_valid_placement(out, num_experts=E, num_slots=P):
+    phy2log, log2phy, logcnt = (out[k].to(torch.int64) for k in ("physical_to_logical_map", "logical_to_physical_map", "logical_count"))
+    assert phy2log.shape == (L, num_slots) and logcnt.shape == (L, num_experts)
+    assert bool(((phy2log >= 0) & (phy2log < num_experts)).all())
+    assert torch.equal(metrics.replica_counts(phy2log, num_experts), logcnt)
+    for layer in range(L):
+        for e in range(num_experts):
+            slots = log2phy[layer, e]
+            count = int(logcnt[layer, e])
+            assert bool((slots[count:] == -1).all())
+            assert all(int(phy2log[layer, s]) == e for s in slots[:count])
+
+
+def assert_same_as_library(out, ref):
+    for key, want in zip(("physical_to_logical_map", "logical_to_physical_map", "logical_count"), ref):
+        assert torch.equal(out[key].to(want.dtype), want), key
+
+
+# --------------------------------------------------------------------------
+# commands that work
+# --------------------------------------------------------------------------
+
+
+def test_version(tmp_path):
+    proc = run_cli("--version", cwd=tmp_path)
+    assert proc.returncode == 0
+    assert proc.stdout.strip() == f"eplb-ext {eplb_ext.__version__}"
+
+
+def test_info(tmp_path):
+    proc = run_cli("info", cwd=tmp_path)
+    assert proc.returncode == 0
+    for key, value in eplb_ext.build_info().items():
+        assert key in proc.stdout and str(value) in proc.stdout
+
+
+@pytest.mark.parametrize("command", [[], ["demo"], ["rebalance"], ["bench"], ["info"]])
+def test_help_everywhere_has_examples(cli, command):
+    proc = cli(*command, "--help")
+    assert proc.returncode == 0
+    assert "example" in proc.stdout and "eplb-ext" in proc.stdout
+
+
+def test_no_command_is_a_usage_error(tmp_path):
+    proc = run_cli(cwd=tmp_path)
+    assert proc.returncode == 2 and "usage:" in proc.stderr
+
+
+def test_demo(tmp_path):
+    proc = run_cli("demo", "--layers", 2, "--steps", 2, "--repeats", 1, "--seed", 3, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    for name in ("dsv3-4x8", "dsv3-8x8", "dsv3-18x8", "moe128-4x8"):
+        assert name in out
+    for variant in eplb_ext.EplbAlgorithm:
+        assert variant.name in out
+    assert "trivial (p % E)" in out and "best" in out
+    # The 18-node and the group-less deployments skip the hierarchical variants.
+    assert out.count("skipped") == 4
+
+
+def test_demo_is_deterministic(cli, tmp_path):
+    def table(seed):
+        out = cli("demo", "--layers", 2, "--steps", 2, "--repeats", 1, "--seed", seed).stdout
+        # Drop the timing column, which varies from run to run.
+        return [line.split()[:2] + line.split()[3:] for line in out.splitlines() if line.startswith("dsv3-4x8")]
+
+    assert table(1) == table(1)
+    assert table(1) != table(2)
+
+
+def test_bench_quick(tmp_path):
+    proc = run_cli("bench", "--quick", "--json", "bench.json", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "machine:" in proc.stdout and "speedup" in proc.stdout
+    result = json.loads((tmp_path / "bench.json").read_text())
+    assert result["preset"] == "smoke"
+    assert {r["variant"] for r in result["rows"]} == {a.name for a in eplb_ext.EplbAlgorithm}
+    assert all(r["identical"] and r["op_ms"] > 0 and r["ref_ms"] > 0 for r in result["rows"])
+
+
+def save_input(kind, tokens, folder):
+    """Writes ``tokens`` in one of the accepted input formats."""
+    if kind == "pt-tensor":
+        path = folder / "loads.pt"
+        torch.save(tokens, path)
+    elif kind == "pt-dict":
+        # As SGLang's expert-distribution recorder dumps it.
+        path = folder / "expert_distribution.pt"
+        torch.save(dict(rank=0, logical_count=tokens, average_utilization_rate_over_window=0.5), path)
+    elif kind == "npy":
+        import numpy as np
+
+        path = folder / "loads.npy"
+        np.save(path, tokens.numpy())
+    elif kind == "json-list":
+        path = folder / "loads.json"
+        path.write_text(json.dumps(tokens.tolist()))
+    elif kind == "json-dict":
+        path = folder / "loads_dict.json"
+        path.write_text(json.dumps({"logical_count": tokens.tolist(), "note": "recorded"}))
+    elif kind == "safetensors":
+        from safetensors.torch import save_file
+
+        path = folder / "loads.safetensors"
+        save_file({"logical_count": tokens.contiguous()}, str(path))
+    else:
+        raise AssertionError(kind)
+    return path
+
+
+INPUT_KINDS = ["pt-tensor", "pt-dict", "npy", "json-list", "json-dict"] + (["safetensors"] if HAS_SAFETENSORS else [])
+
+
+@pytest.mark.parametrize("kind", INPUT_KINDS)
+@pytest.mark.parametrize("out_ext", [".pt", ".json"])
+def test_rebalance_every_format(cli, tmp_path, tokens, kind, out_ext):
+    path = save_input(kind, tokens, tmp_path)
+    out = tmp_path / f"placement{out_ext}"
+    proc = cli("rebalance", path.name, *DEPLOY_ARGS, "-o", out.name)
+    assert proc.returncode == 0, proc.stderr
+    assert "deepseek_hierarchical (auto)" in proc.stdout
+    assert "trivial (p % E) (before)" in proc.stdout and "worst layers" in proc.stdout
+    result = read_output(out)
+    assert set(result) == {"physical_to_logical_map", "logical_to_physical_map", "logical_count"}
+    assert_valid_placement(result)
+    assert_same_as_library(result, expected(tokens))
+
+
+@pytest.mark.parametrize("algorithm", [a.name for a in eplb_ext.EplbAlgorithm])
+def test_rebalance_every_variant(cli, tmp_path, tokens, algorithm):
+    save_input("pt-tensor", tokens, tmp_path)
+    proc = cli("rebalance", "loads.pt", *DEPLOY_ARGS, "--algorithm", algorithm, "-o", "out.pt")
+    assert proc.returncode == 0, proc.stderr
+    assert f"{algorithm}  <- written" in proc.stdout
+    result = read_output(tmp_path / "out.pt")
+    assert_valid_placement(result)
+    assert_same_as_library(result, expected(tokens, algorithm))
+
+
+def test_rebalance_two_dimensional_input_without_groups(cli, tmp_path, tokens):
+    w = tokens.sum(dim=0).float()
+    torch.save(w, tmp_path / "w.pt")
+    proc = cli("rebalance", "w.pt", "-P", P, "-G", G, "-o", "out.json")
+    assert proc.returncode == 0, proc.stderr
+    assert "algorithm deepseek (auto)" in proc.stdout
+    assert "skipped" in proc.stdout  # the hierarchical variants need groups
+    result = read_output(tmp_path / "out.json")
+    assert_same_as_library(result, eplb_ext.rebalance_experts(w, P, P // G, None, 1, "deepseek"))
+
+
+def test_rebalance_report_numbers(cli, tmp_path, tokens):
+    save_input("pt-tensor", tokens, tmp_path)
+    proc = cli("rebalance", "loads.pt", *DEPLOY_ARGS, "--algorithm", "deepseek", "-o", "out.pt")
+    w = metrics.expert_load(tokens)
+    after = metrics.balancedness(w, expected(tokens, "deepseek")[0], G)
+    before = metrics.balancedness(w, metrics.trivial_placement(E, P, L), G)
+    row = next(line for line in proc.stdout.splitlines() if line.startswith("deepseek  <- written"))
+    assert row.split()[3] == f"{float(after.mean()):.3f}"
+    row = next(line for line in proc.stdout.splitlines() if line.startswith("trivial"))
+    assert row.split()[5] == f"{float(before.mean()):.3f}"  # after "trivial (p % E) (before)"
+
+
+def test_rebalance_previous_placement(cli, tmp_path, tokens):
+    save_input("pt-tensor", tokens, tmp_path)
+    first = cli("rebalance", "loads.pt", *DEPLOY_ARGS, "--algorithm", "deepseek", "-o", "old.json")
+    assert first.returncode == 0, first.stderr
+    proc = cli("rebalance", "loads.pt", *DEPLOY_ARGS, "--algorithm", "deepseek", "--previous", "old.json",
+                   "-o", "new.pt")
+    assert proc.returncode == 0, proc.stderr
+    assert "moved" in proc.stdout
+    # The same load placed again moves nothing.
+    row = next(line for line in proc.stdout.splitlines() if line.startswith("deepseek  <- written"))
+    assert row.split()[-1] == "0"
+    trivial_moved = metrics.experts_moved(expected(tokens, "deepseek")[0], metrics.trivial_placement(E, P, L), G)
+    row = next(line for line in proc.stdout.splitlines() if line.startswith("trivial"))
+    assert row.split()[-1] == str(int(trivial_moved.sum()))
+
+
+@pytest.mark.skipif(not HAS_MATPLOTLIB, reason="matplotlib is not installed (pip install matplotlib)")
+def test_rebalance_plot(tmp_path, tokens):
+    save_input("pt-tensor", tokens, tmp_path)
+    proc = run_cli("rebalance", "loads.pt", *DEPLOY_ARGS, "-o", "out.pt", "--plot", "balance.png", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    png = (tmp_path / "balance.png").read_bytes()
+    assert len(png) > 1000 and png.startswith(b"\x89PNG")
+    assert "wrote balance.png" in proc.stdout
+    assert_same_as_library(read_output(tmp_path / "out.pt"), expected(tokens))
+
+
+def test_plot_without_matplotlib_in_process(cli, tmp_path, tokens, monkeypatch):
+    save_input("pt-tensor", tokens, tmp_path)
+    # A None entry in sys.modules makes the import raise ImportError.
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    monkeypatch.setitem(sys.modules, "matplotlib.pyplot", None)
+    proc = cli("rebalance", "loads.pt", *DEPLOY_ARGS, "-o", "out.pt", "--plot", "balance.png")
+    assert_error(proc, "--plot needs matplotlib", "pip install matplotlib")
+    assert not (tmp_path / "out.pt").exists()
+
+
+@pytest.mark.skipif(not HAS_MATPLOTLIB, reason="matplotlib is not installed (pip install matplotlib)")
+def test_plot_format_unknown(cli, tmp_path, tokens):
+    save_input("pt-tensor", tokens, tmp_path)
+    assert_error(cli("rebalance", "loads.pt", *DEPLOY_ARGS, "-o", "out.pt", "--plot", "balance.xyz"),
+                 "matplotlib cannot write '.xyz' images", ".png")
+
+
+def stand_in_module(folder, name):
+    """A package called ``name`` whose import fails, as if not installed."""
+    pkg = folder / "fake_site" / name
+    pkg.mkdir(parents=True)
+    (pkg / "__init__.py").write_text(f"raise ImportError({'No module named ' + name!r})\n")
+    return folder / "fake_site"
+
+
+def test_plot_without_matplotlib(tmp_path, tokens):
+    save_input("pt-tensor", tokens, tmp_path)
+    fake = stand_in_module(tmp_path, "matplotlib")
+    proc = run_cli("rebalance", "loads.pt", *DEPLOY_ARGS, "-o", "out.pt", "--plot", "balance.png", cwd=tmp_path,
+                   extra_path=fake)
+    assert_error(proc, "pip install matplotlib")
+    assert len(proc.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "out.pt").exists()  # refused before any work
+
+
+def test_safetensors_without_the_package(tmp_path, tokens):
+    (tmp_path / "loads.safetensors").write_bytes(b"\0" * 16)
+    fake = stand_in_module(tmp_path, "safetensors")
+    proc = run_cli("rebalance", "loads.safetensors", *DEPLOY_ARGS, "-o", "out.pt", cwd=tmp_path, extra_path=fake)
+    assert_error(proc, "safetensors package", "pip install safetensors")
+
+
+# --------------------------------------------------------------------------
+# mistakes
+# --------------------------------------------------------------------------
+
+
+def test_missing_file(tmp_path):
+    assert_error(run_cli("rebalance", "nope.pt", *DEPLOY_ARGS, "-o", "o.pt", cwd=tmp_path), "nope.pt: no such file")
+
+
+def test_unknown_input_format(cli, tmp_path):
+    (tmp_path / "loads.csv").write_text("1,2,3\n")
+    assert_error(cli("rebalance", "loads.csv", *DEPLOY_ARGS, "-o", "o.pt"), "unknown input format '.csv'", ".npy")
+
+
+def test_unknown_output_format(cli, tmp_path, tokens):
+    save_input("pt-tensor", tokens, tmp_path)
+    assert_error(cli("rebalance", "loads.pt", *DEPLOY_ARGS, "-o", "o.csv"), "unknown output format", ".json")
+
+
+def test_output_folder_missing(cli, tmp_path, tokens):
+    save_input("pt-tensor", tokens, tmp_path)
+    assert_error(cli("rebalance", "loads.pt", *DEPLOY_ARGS, "-o", "no/such/o.pt"), "does not exist")
+
+
+@pytest.mark.parametrize("shape", [(16,), (2, 2, 2, 16)])
+def test_bad_shape(cli, tmp_path, shape):
+    torch.save(torch.ones(shape), tmp_path / "loads.pt")
+    assert_error(cli("rebalance", "loads.pt", *DEPLOY_ARGS, "-o", "o.pt"), f"got shape {shape}")
+
+
+@pytest.mark.parametrize(
+    "content, fragment",
+    [
+        ("[[1, 2], [3]]", "not a rectangular array"),
+        ("[[1, 2], [3, \"x\"]]", "not a rectangular array"),
+        ("{\"loads\": [[1, 2]], \"other\": [[3]]}", "no 'logical_count'"),
+        ("not json", "not valid JSON"),
+    ],
+)
+def test_bad_json(cli, tmp_path, content, fragment):
+    (tmp_path / "loads.json").write_text(content)
+    assert_error(cli("rebalance", "loads.json", *DEPLOY_ARGS, "-o", "o.pt"), fragment)
+
+
+def test_corrupt_pt(cli, tmp_path):
+    (tmp_path / "loads.pt").write_bytes(b"this is not a torch file")
+    assert_error(cli("rebalance", "loads.pt", *DEPLOY_ARGS, "-o", "o.pt"), "not a readable torch file")
+
+
+def test_negative_load(cli, tmp_path, tokens):
+    bad = tokens.clone()
+    bad[1, 2, 3] = -5
+    torch.save(bad, tmp_path / "loads.pt")
+    assert_error(cli("rebalance", "loads.pt", *DEPLOY_ARGS, "-o", "o.pt"), "loads.pt: loads[1, 2, 3] = -5 is negative")
+
+
+def test_slots_not_divisible_by_gpus_suggests_nearest(cli, tmp_path, tokens):
+    save_input("pt-tensor", tokens, tmp_path)
+    proc = cli("rebalance", "loads.pt", "-P", 26, "-G", 4, "-o", "o.pt")
+    assert_error(proc, "--num-physical-experts 26 is not divisible by --num-gpus 4", "try --num-physical-experts 24 or 28")
+
+
+def test_too_few_slots_suggests_smallest(cli, tmp_path, tokens):
+    save_input("pt-tensor", tokens, tmp_path)
+    proc = cli("rebalance", "loads.pt", "-P", 8, "-G", 4, "-o", "o.pt")
+    assert_error(proc, "smaller than the number of logical experts 16", "try --num-physical-experts 16 ")
+
+
+def test_nodes_not_dividing_groups_suggests_nodes(cli, tmp_path, tokens):
+    save_input("pt-tensor", tokens, tmp_path)
+    proc = cli("rebalance", "loads.pt", "-P", P, "-G", G, "--num-groups", C, "--num-nodes", 3,
+                   "--algorithm", "deepseek_hierarchical", "-o", "o.pt")
+    assert_error(proc, "num_nodes=3 must divide num_groups=4", "one of [1, 2, 4]", "--algorithm deepseek")
+
+
+def test_hierarchical_without_groups(cli, tmp_path, tokens):
+    save_input("pt-tensor", tokens, tmp_path)
+    proc = cli("rebalance", "loads.pt", "-P", P, "-G", G, "--algorithm", "deepseek_vec_hierarchical", "-o", "o.pt")
+    assert_error(proc, "needs num_groups", "--algorithm deepseek_vec")
+
+
+def test_groups_not_dividing_experts(cli, tmp_path, tokens):
+    save_input("pt-tensor", tokens, tmp_path)
+    proc = cli("rebalance", "loads.pt", "-P", P, "-G", G, "--num-groups", 3, "--algorithm", "deepseek_hierarchical",
+                   "-o", "o.pt")
+    assert_error(proc, "num_groups=3 must divide", "one of [1, 2, 4, 8, 16]")
+
+
+@pytest.mark.parametrize(
+    "args, fragment",
+    [
+        (["-P", "0", "-G", "4"], "not a positive integer"),
+        (["-P", "x", "-G", "4"], "is not an integer"),
+        (["-P", "24", "-G", "4", "--algorithm", "foo"], "invalid choice"),
+        (["-G", "4"], "required"),
+    ],
+)
+def test_usage_errors(cli, tmp_path, tokens, args, fragment):
+    save_input("pt-tensor", tokens, tmp_path)
+    proc = cli("rebalance", "loads.pt", *args, "-o", "o.pt")
+    assert proc.returncode == 2 and fragment in proc.stderr and "usage:" in proc.stderr
+
+
+def test_previous_placement_mismatch(cli, tmp_path, tokens):
+    save_input("pt-tensor", tokens, tmp_path)
+    (tmp_path / "old.json").write_text(json.dumps({"physical_to_logical_map": [[0, 1]]}))
+    proc = cli("rebalance", "loads.pt", *DEPLOY_ARGS, "--previous", "old.json", "-o", "o.pt")
+    assert_error(proc, "does not fit 4 layers x 24 slots")
+
+
+# --------------------------------------------------------------------------
+# in process
+# --------------------------------------------------------------------------
+
+
+def test_main_returns_exit_codes(tmp_path, capsys):
+    assert main(["--version"]) == 0
+    assert eplb_ext.__version__ in capsys.readouterr().out
+    assert main(["rebalance", str(tmp_path / "missing.npy"), "-P", "24", "-G", "4", "-o", str(tmp_path / "o.pt")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("eplb-ext: error: ") and "no such file" in err
+    assert main(["demo", "--layers", "0"]) == 2
