@@ -435,24 +435,23 @@ def _cmd_info(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------
 
 
-def _positive_int(text: str) -> int:
+def _parse_int(text: str, minimum: int) -> int:
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value} is not a positive integer")
+    if value < minimum:
+        rule = "is not a positive integer" if minimum == 1 else "is negative"
+        raise argparse.ArgumentTypeError(f"{value} {rule}")
     return value
+
+
+def _positive_int(text: str) -> int:
+    return _parse_int(text, 1)
 
 
 def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{value} is negative")
-    return value
+    return _parse_int(text, 0)
 
 
 MAIN_EPILOG = """\
