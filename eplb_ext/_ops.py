@@ -34,19 +34,48 @@ ops = torch.ops.eplb_ext
 
 # The stable ABI carries C++ errors as RuntimeError; the library tags its own
 # argument errors with the Python class they stand for.
-_TAG = re.compile(r"\[eplb_ext (ValueError|TypeError)\] ([^\n]*)")
+_TAG = re.compile(r"\[eplb_ext (ValueError|TypeError|MemoryError)\] ([^\n]*)")
+_CLASSES = {"ValueError": ValueError, "TypeError": TypeError, "MemoryError": MemoryError}
 
 
 def call(op: Callable[..., Any], *args: Any) -> Any:
-    """Runs ``op(*args)``, re-raising the library's tagged errors as ValueError/TypeError."""
+    """Runs ``op(*args)``, re-raising the library's tagged errors as
+    ValueError / TypeError / MemoryError."""
     try:
         return op(*args)
     except RuntimeError as exc:
         match = _TAG.search(str(exc))
         if match is None:
             raise
-        cls = ValueError if match.group(1) == "ValueError" else TypeError
-        raise cls(match.group(2)) from None
+        raise _CLASSES[match.group(1)](match.group(2)) from None
+
+
+def _reject(kind: str, message: str) -> None:
+    # Fake kernels fail like the compiled ones: a tagged RuntimeError.
+    raise RuntimeError(f"[eplb_ext {kind}] {message}")
+
+
+def _check_placement(tokens: Tensor, P: int, k: int, C: int, N: int) -> Tuple[int, int]:
+    """The shape rules the compiled ops check (csrc/ops/check.h), for the
+    fake kernels: returns (L, E)."""
+    if tokens.dim() not in (2, 3):
+        _reject("ValueError", f"tokens_per_expert must be [S, L, E] or [L, E], got {tokens.dim()} dimensions")
+    if tokens.dtype == torch.bool or tokens.is_complex():
+        _reject("TypeError", f"tokens_per_expert has dtype {tokens.dtype}; loads must have an integer or floating dtype")
+    L, E = tokens.shape[-2], tokens.shape[-1]
+    rules = [
+        (E >= 1, f"tokens_per_expert has {E} logical experts (last dimension); at least 1 is required"),
+        (P >= E, f"num_physical_experts={P} is smaller than the number of logical experts {E}"),
+        (P <= 1 << 30, f"num_physical_experts={P} exceeds {1 << 30}, the largest number of slots supported"),
+        (k >= 1 and P % k == 0, f"num_local_physical_experts={k} must divide num_physical_experts={P}"),
+        (C >= 1 and E % C == 0, f"num_groups={C} must divide the number of logical experts {E}"),
+        (N >= 1 and C % N == 0, f"num_nodes={N} must divide num_groups={C}"),
+        (k < 1 or (P // k) % N == 0, f"num_nodes={N} must divide the number of GPUs"),
+    ]
+    for ok, message in rules:
+        if not ok:
+            _reject("ValueError", message)
+    return L, E
 
 
 def _index(like: Tensor, *shape: int, dtype: torch.dtype = torch.int64) -> Tensor:
@@ -57,6 +86,8 @@ def _index(like: Tensor, *shape: int, dtype: torch.dtype = torch.int64) -> Tenso
 def _balanced_packing_fake(weight: Tensor, num_packs: int) -> Tuple[Tensor, Tensor]:
     torch._check(weight.dim() == 2, lambda: "weight must be 2-D")
     L, n = weight.shape
+    if num_packs < 1 or num_packs > max(n, 1) or n % num_packs != 0:
+        _reject("ValueError", f"num_packs={num_packs} must divide the number of items {n} and not exceed it")
     return _index(weight, L, n), _index(weight, L, n)
 
 
@@ -64,25 +95,52 @@ def _balanced_packing_fake(weight: Tensor, num_packs: int) -> Tuple[Tensor, Tens
 def _replicate_experts_fake(weight: Tensor, num_phy: int) -> Tuple[Tensor, Tensor, Tensor]:
     torch._check(weight.dim() == 2, lambda: "weight must be 2-D")
     L, n = weight.shape
+    if n < 1 or num_phy < n or num_phy > 1 << 30:
+        _reject("ValueError", f"num_phy={num_phy} must be at least the number of experts {n} (>= 1) and at most 2**30")
     return _index(weight, L, num_phy), _index(weight, L, num_phy), _index(weight, L, n)
 
 
 @torch.library.register_fake("eplb_ext::deepseek")
 def _deepseek_fake(tokens: Tensor, P: int, k: int, C: int, N: int) -> Tuple[Tensor, Tensor, Tensor]:
-    torch._check(tokens.dim() == 3, lambda: "tokens_per_expert must be 3-D")
-    _, L, E = tokens.shape
+    L, E = _check_placement(tokens, P, k, C, N)
     return _index(tokens, L, P), _index(tokens, L, P), _index(tokens, L, E)
 
 
 @torch.library.register_fake("eplb_ext::logical_to_physical")
 def _logical_to_physical_fake(phy2log: Tensor, phy_rank: Tensor, num_logical_experts: int, width: int) -> Tensor:
     torch._check(phy2log.dim() == 2, lambda: "physical_to_logical_map must be 2-D")
+    if phy2log.dtype != torch.int64 or phy_rank.dtype != torch.int64 or phy2log.shape != phy_rank.shape:
+        _reject("TypeError", "physical_to_logical_map and physical_rank must be int64 tensors of one shape")
+    if num_logical_experts < 1 or width < 0:
+        _reject("ValueError", f"num_logical_experts={num_logical_experts} must be >= 1 and width={width} >= 0")
     return _index(phy2log, phy2log.shape[0], num_logical_experts, width)
 
 
 @torch.library.register_fake("eplb_ext::deepseek_vec")
 def _deepseek_vec_fake(tokens: Tensor, P: int, k: int, C: int, N: int) -> Tuple[Tensor, Tensor, Tensor]:
-    torch._check(tokens.dim() == 3, lambda: "tokens_per_expert must be 3-D")
-    _, L, E = tokens.shape
+    L, E = _check_placement(tokens, P, k, C, N)
     i32 = torch.int32
     return _index(tokens, L, P, dtype=i32), _index(tokens, L, E, P - E + 1, dtype=i32), _index(tokens, L, E, dtype=i32)
+
+
+def logical_to_physical_counted(phy2log: Tensor, phy_rank: Tensor, logcnt: Tensor, num_logical_experts: int) -> Tensor:
+    """``logical_to_physical_map`` at the width of the largest replica count
+    of the batch (0 for an empty batch): one read of the counts on the host."""
+    width = int(logcnt.max()) if logcnt.numel() > 0 else 0
+    return call(ops.logical_to_physical, phy2log, phy_rank, num_logical_experts, width)
+
+
+# The same function as an op, for tracing: its output width is data
+# dependent, which a fake kernel expresses as an unbacked size, so that
+# torch.compile(fullgraph=True) traces the default width without a break.
+_logical_to_physical_counted_op = torch.library.custom_op(
+    "eplb_ext::logical_to_physical_counted", mutates_args=()
+)(logical_to_physical_counted)
+
+
+@_logical_to_physical_counted_op.register_fake
+def _logical_to_physical_counted_fake(
+    phy2log: Tensor, phy_rank: Tensor, logcnt: Tensor, num_logical_experts: int
+) -> Tensor:
+    width = torch.library.get_ctx().new_dynamic_size()
+    return _index(phy2log, phy2log.shape[0], num_logical_experts, width)

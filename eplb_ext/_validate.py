@@ -23,6 +23,9 @@ _WIDEN_TO_FLOAT32 = {
 }
 
 
+_INT64_MAX = 2**63 - 1
+
+
 def check_int(name: str, value: object, *, allow_none: bool = False, minimum: int = 1) -> Optional[int]:
     """Returns ``value`` as an int, or raises TypeError/ValueError naming ``name``."""
     if value is None and allow_none:
@@ -31,6 +34,9 @@ def check_int(name: str, value: object, *, allow_none: bool = False, minimum: in
         kind = "None or an integer" if allow_none else "an integer"
         raise TypeError(f"{name} must be {kind}, got {value!r} of type {type(value).__name__}")
     value = int(value)
+    if value > _INT64_MAX:
+        # torch's argument parser would reject it with an untagged error.
+        raise ValueError(f"{name}={value} exceeds 2**63 - 1, the largest integer an op argument can hold")
     if value < minimum:
         rule = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
         raise ValueError(f"{name}={value} must be {rule}")

@@ -114,8 +114,6 @@ def rebalance_experts(
         ``deepseek_vec_hierarchical``'s int64 ``physical_to_logical_map``.
     """
     tokens = check_loads("tokens_per_expert", tokens_per_expert, (2, 3))
-    if tokens.dim() == 2:
-        tokens = tokens.unsqueeze(0)
     num_experts = tokens.shape[-1]
     P = check_int("num_physical_experts", num_physical_experts)
     k = check_int("num_local_physical_experts", num_local_physical_experts)
@@ -146,8 +144,21 @@ def rebalance_experts(
     for flag, value in (("fixed_width", fixed_width), ("check_values", check_values)):
         if not isinstance(value, bool):
             raise TypeError(f"{flag} must be a bool, got {type(value).__name__}")
-    if check_values and tokens.device.type != "cpu":
+    # Meta tensors have no values; while tracing, values cannot be read.
+    compiling = torch.compiler.is_compiling()
+    if check_values and tokens.device.type not in ("cpu", "meta"):
+        if compiling:
+            raise ValueError(
+                "check_values=True reads a boolean on the host, which cannot be traced (torch.compile); "
+                "check the loads before the compiled region and pass check_values=False"
+            )
         check_load_values("tokens_per_expert", tokens)
+    if tokens.device.type == "meta" and not fixed_width and not algo.step_aware:
+        raise ValueError(
+            f"algorithm {algo.name}: the width of logical_to_physical_map is the largest replica count, "
+            "which a meta tensor does not have; pass fixed_width=True for a width of "
+            "num_physical_experts - num_experts + 1"
+        )
 
     if algo.step_aware:
         phy2log, log2phy, logcnt = _ops.call(_ops.ops.deepseek_vec, tokens, P, k, C, N)
@@ -157,10 +168,10 @@ def rebalance_experts(
 
     phy2log, phy_rank, logcnt = _ops.call(_ops.ops.deepseek, tokens, P, k, C, N)
     if fixed_width:
-        width = P - num_experts + 1
+        log2phy = _ops.call(_ops.ops.logical_to_physical, phy2log, phy_rank, num_experts, P - num_experts + 1)
+    elif compiling:
+        log2phy = _ops._logical_to_physical_counted_op(phy2log, phy_rank, logcnt, num_experts)
     else:
-        # The one host read of the call: the map's width is the largest
-        # replica count of the batch (0 for an empty batch).
-        width = int(logcnt.max()) if logcnt.numel() > 0 else 0
-    log2phy = _ops.ops.logical_to_physical(phy2log, phy_rank, num_experts, width)
+        # The one host read of the call: the width is the largest count.
+        log2phy = _ops.logical_to_physical_counted(phy2log, phy_rank, logcnt, num_experts)
     return phy2log, log2phy, logcnt

@@ -57,7 +57,7 @@ def rebalance_experts_hierarchical(
     G = check_int("num_gpus", num_gpus)
     if P % G != 0:
         raise ValueError(f"num_gpus={G} must divide num_physical_experts={P}")
-    return _ops.call(_ops.ops.deepseek, weight.unsqueeze(0), P, P // G, C, N)
+    return _ops.call(_ops.ops.deepseek, weight, P, P // G, C, N)
 
 
 def rebalance_experts(
@@ -79,6 +79,6 @@ def rebalance_experts(
         raise ValueError(f"num_gpus={G} must divide num_replicas={P}")
     if C % N != 0:
         C, N = 1, 1
-    phy2log, phy_rank, logcnt = _ops.call(_ops.ops.deepseek, weight.unsqueeze(0), P, P // G, C, N)
-    log2phy = _ops.ops.logical_to_physical(phy2log, phy_rank, weight.shape[1], P - weight.shape[1] + 1)
+    phy2log, phy_rank, logcnt = _ops.call(_ops.ops.deepseek, weight, P, P // G, C, N)
+    log2phy = _ops.call(_ops.ops.logical_to_physical, phy2log, phy_rank, weight.shape[1], P - weight.shape[1] + 1)
     return phy2log, log2phy, logcnt

@@ -83,14 +83,47 @@ def _as_steps(tokens_per_expert: Tensor) -> Tensor:
     return t.cpu()
 
 
+def _round_int_to_f32(n: int) -> float:
+    """The float32 nearest to the integer n >= 0 (ties to even), as a float."""
+    bits = n.bit_length()
+    if bits <= 24:
+        return float(n)
+    shift = bits - 24
+    q, r = n >> shift, n & ((1 << shift) - 1)
+    half = 1 << (shift - 1)
+    if r > half or (r == half and q & 1):
+        q += 1
+    return float(q) * 2.0**shift  # exact: q <= 2**24
+
+
+def _exact_int_sum_f32(t: Tensor) -> Tensor:
+    """Exact integer sum over dim 0 of non-negative integers, rounded to
+    float32 once. int64 arithmetic when no sum can reach 2**63; otherwise
+    Python integers, which cannot overflow."""
+    S = t.shape[0]
+    if t.numel() == 0:
+        return torch.zeros(t.shape[1:], dtype=_F32)
+    if t.dtype == torch.uint64:
+        fits = False
+    elif t.dtype.itemsize <= 4:
+        fits = True  # S < 2**31 values below 2**32
+    else:
+        fits = int(t.max()) * S < 2**63
+    if fits:
+        return t.to(_I64).sum(dim=0).to(_F32)
+    rows = t.reshape(S, -1).tolist()
+    sums = [sum(col) for col in zip(*rows)] if S > 0 else [0] * t[0].numel()
+    return torch.tensor([_round_int_to_f32(x) for x in sums], dtype=_F32).reshape(t.shape[1:])
+
+
 def _sum_over_steps(t: Tensor) -> Tensor:
     """SPEC "sum over steps": ``[S, L, E]`` -> float32 ``[L, E]``.
 
-    Integers are summed exactly in int64 and converted once; floats are
+    Integers are summed exactly and converted once; floats are
     converted to float32 first and added s = 0, 1, ... in float32.
     """
     if not t.is_floating_point():
-        return t.sum(dim=0, dtype=_I64).to(_F32)
+        return _exact_int_sum_f32(t)
     t32 = t.to(_F32)
     if t32.shape[0] == 0:
         return torch.zeros(t32.shape[1:], dtype=_F32)

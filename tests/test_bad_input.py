@@ -390,9 +390,12 @@ def _tagged(kind, *fragments):
 def test_raw_placement_ops(op):
     f = getattr(ops, op)
     t = _t()
-    with _tagged("ValueError", "tokens_per_expert", "3-D"):
-        f(t[0], P, k, C, N)  # 2-D input
-    with _tagged("ValueError", "tokens_per_expert", "3-D"):
+    # [L, E] is one step: the same placement as [1, L, E].
+    for a, b in zip(f(t[0], P, k, C, N), f(t[:1], P, k, C, N)):
+        assert torch.equal(a, b)
+    with _tagged("ValueError", "tokens_per_expert", "[S, L, E] or [L, E]"):
+        f(t[0, 0], P, k, C, N)
+    with _tagged("ValueError", "tokens_per_expert", "[S, L, E] or [L, E]"):
         f(t.unsqueeze(0), P, k, C, N)
     with _tagged("TypeError", "tokens_per_expert", "torch.bool"):
         f(t > 1, P, k, C, N)

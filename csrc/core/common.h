@@ -68,9 +68,11 @@ EPLB_HD bool f32_is_finite(float x) {
   return (bits & 0x7f800000u) != 0x7f800000u;
 }
 
+// Callers pass n <= 2^30 (checked by every op); the cap keeps the loop
+// finite and free of overflow for any n.
 EPLB_HD int32_t next_pow2(int32_t n) {
   int32_t p = 1;
-  while (p < n) p *= 2;
+  while (p < n && p < (int32_t{1} << 30)) p *= 2;
   return p;
 }
 

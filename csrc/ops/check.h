@@ -27,6 +27,13 @@ template <typename... Args>
     if (!(cond)) ::eplb::fail("ValueError", __VA_ARGS__); \
   } while (0)
 
+// Allocation failures: the message says what could not be allocated, how
+// large it was and why; Python sees a MemoryError.
+#define EPLB_CHECK_MEMORY(cond, ...) \
+  do {                               \
+    if (!(cond)) ::eplb::fail("MemoryError", __VA_ARGS__); \
+  } while (0)
+
 #define EPLB_CHECK_TYPE(cond, ...) \
   do {                             \
     if (!(cond)) ::eplb::fail("TypeError", __VA_ARGS__); \
@@ -37,6 +44,26 @@ namespace eplb {
 // The largest count of experts, slots or items: indices are int32 inside the
 // core, and trees over them have up to twice as many nodes.
 constexpr int64_t kMaxIndex = int64_t{1} << 30;
+// The largest number of steps: the step-aware core indexes steps with int32.
+constexpr int64_t kMaxSteps = (int64_t{1} << 31) - 1;
+
+// a * b + c for sizes >= 0, or -1 when it does not fit in int64: every size
+// derived from the input's shape is computed this way before anything is
+// allocated or read.
+inline int64_t checked_mul_add(int64_t a, int64_t b, int64_t c = 0) {
+  int64_t r;
+  if (a < 0 || b < 0 || c < 0 || __builtin_mul_overflow(a, b, &r) || __builtin_add_overflow(r, c, &r)) {
+    return -1;
+  }
+  return r;
+}
+
+// a * b for sizes >= 0, saturated at INT64_MAX: for cost estimates that only
+// steer scheduling, where "huge" is all that matters.
+inline int64_t saturating_mul(int64_t a, int64_t b) {
+  const int64_t r = checked_mul_add(a, b);
+  return r < 0 ? std::numeric_limits<int64_t>::max() : r;
+}
 
 // The placement arguments shared by every variant (SPEC "Bad input").
 struct Placement {
@@ -63,6 +90,8 @@ inline Placement check_placement(int64_t S, int64_t L, int64_t E, int64_t P, int
   EPLB_CHECK_VALUE(G % N == 0, "num_nodes=", N, " must divide the number of GPUs ", G,
                    " (num_physical_experts / num_local_physical_experts)");
   EPLB_CHECK_VALUE(S >= 0 && L >= 0, "tokens_per_expert has a negative size");
+  EPLB_CHECK_VALUE(S <= kMaxSteps, "tokens_per_expert has ", S, " steps (first dimension); at most ",
+                   kMaxSteps, " are supported");
   const int64_t X = P - E + 1;
   // Every output must be addressable with int64 element offsets.
   EPLB_CHECK_VALUE(L == 0 || E <= std::numeric_limits<int64_t>::max() / X / L,

@@ -6,6 +6,8 @@
 #include <torch/csrc/stable/tensor.h>
 #include <torch/headeronly/core/ScalarType.h>
 
+#include <sstream>
+#include <string>
 #include <type_traits>
 
 #include "../core/common.h"
@@ -63,19 +65,42 @@ Loads<T> make_loads(const Tensor& t) {
   return v;
 }
 
+// dim 3 accepts [S, L, E] and [L, E] (S = 1); other values are exact.
 inline void check_load_tensor(const Tensor& t, const char* name, int64_t dim) {
   EPLB_CHECK_TYPE(t.defined(), name, " must be a tensor, got None");
-  EPLB_CHECK_VALUE(t.dim() == dim, name, " must be a ", dim, "-D tensor, got ", t.dim(),
-                   " dimensions");
+  if (dim == 3) {
+    EPLB_CHECK_VALUE(t.dim() == 2 || t.dim() == 3, name, " must be [S, L, E] or [L, E], got ",
+                     t.dim(), " dimensions");
+  } else {
+    EPLB_CHECK_VALUE(t.dim() == dim, name, " must be a ", dim, "-D tensor, got ", t.dim(),
+                     " dimensions");
+  }
   EPLB_CHECK_VALUE(t.layout() == torch::headeronly::Layout::Strided, name,
                    " must be a dense (strided) tensor");
   dispatch_loads(t, name, [](auto) {});
 }
 
+// An output or scratch tensor. Its size was checked to fit in int64; a
+// failed allocation surfaces as a MemoryError that says what and how large.
 inline Tensor new_index(const Tensor& like, std::initializer_list<int64_t> shape,
                         ScalarType dtype) {
-  return torch::stable::empty(torch::headeronly::IntHeaderOnlyArrayRef(shape), dtype,
-                              std::nullopt, like.device());
+  try {
+    return torch::stable::empty(torch::headeronly::IntHeaderOnlyArrayRef(shape), dtype,
+                                std::nullopt, like.device());
+  } catch (const std::exception&) {
+    // torch's own text names its C shim, not the tensor; say what failed.
+    std::ostringstream dims;
+    int64_t bytes = dtype == ScalarType::Byte ? 1 : dtype == ScalarType::Int ? 4 : 8;
+    const char* sep = "";
+    for (int64_t n : shape) {
+      dims << sep << n;
+      sep = ", ";
+      bytes = checked_mul_add(bytes, n);
+    }
+    fail("MemoryError", "could not allocate a tensor of shape [", dims.str(), "] (",
+         bytes < 0 ? std::string("more than 2**63") : std::to_string(bytes), " bytes) on ",
+         like.is_cuda() ? "the GPU" : "the host", ": out of memory");
+  }
 }
 
 template <typename T>
@@ -94,6 +119,9 @@ inline void check_packing_args(const Tensor& weight, int64_t num_packs) {
   check_load_tensor(weight, "weight", 2);
   const int64_t n = weight.size(1);
   EPLB_CHECK_VALUE(num_packs >= 1, "num_packs=", num_packs, " must be a positive integer");
+  // Every pack takes n / num_packs >= 1 items (an empty row packs into one).
+  EPLB_CHECK_VALUE(num_packs <= std::max<int64_t>(n, 1), "num_packs=", num_packs,
+                   " exceeds the number of items ", n, "; every pack needs at least one item");
   EPLB_CHECK_VALUE(n % num_packs == 0, "num_packs=", num_packs,
                    " must divide the number of items ", n);
   EPLB_CHECK_VALUE(n <= kMaxIndex, "weight has ", n, " items; at most ", kMaxIndex,
@@ -113,7 +141,23 @@ inline void check_replicate_args(const Tensor& weight, int64_t num_phy) {
 inline Placement check_placement_args(const Tensor& tokens, int64_t P, int64_t k, int64_t C,
                                       int64_t N) {
   check_load_tensor(tokens, "tokens_per_expert", 3);
-  return check_placement(tokens.size(0), tokens.size(1), tokens.size(2), P, k, C, N);
+  const bool steps = tokens.dim() == 3;
+  return check_placement(steps ? tokens.size(0) : 1, tokens.size(steps ? 1 : 0),
+                         tokens.size(steps ? 2 : 1), P, k, C, N);
+}
+
+// The step-aware variants keep every step's loads and trees in scratch: about
+// S * (4 E + 24 next_pow2(E / N)) bytes per layer. Checked before anything
+// is read, so an absurd S fails at once instead of after a scan.
+inline void check_vec_scratch(const Placement& a) {
+  int64_t n2 = 1;
+  while (n2 < a.E / a.N) n2 *= 2;
+  const int64_t per_step = checked_mul_add(4, a.E, checked_mul_add(24, n2, 64));
+  const int64_t bytes = checked_mul_add(a.S, per_step, checked_mul_add(64, a.E + a.P, 4096));
+  EPLB_CHECK_MEMORY(per_step >= 0 && bytes >= 0 && bytes <= (int64_t{1} << 50),
+                    "the step-aware variants need about ", a.S, " x ", per_step,
+                    " bytes of scratch per layer for tokens_per_expert with ", a.S,
+                    " steps and ", a.E, " experts, more than can be allocated");
 }
 
 // physical_to_logical_map and physical_rank: int64 [L, P], contiguous.

@@ -75,7 +75,7 @@ std::tuple<Tensor, Tensor, Tensor> deepseek_cpu(Tensor tokens, int64_t P, int64_
   dispatch_loads(tokens, "tokens_per_expert", [&](auto tag) {
     using T = decltype(tag);
     const Loads<T> t = make_loads<T>(tokens);
-    check_loads(t, "tokens_per_expert", true);
+    check_loads(t, "tokens_per_expert", tokens.dim() == 3);
     const DeepseekDims d{(int32_t)a.E, (int32_t)a.P, (int32_t)a.C, (int32_t)a.N, (int32_t)a.G};
     const int64_t bytes = deepseek_scratch(d, nullptr, nullptr);
     const int64_t work = a.S * a.E + 16 * a.P + 8 * a.E;
@@ -114,18 +114,21 @@ std::tuple<Tensor, Tensor, Tensor> deepseek_vec_cpu(Tensor tokens, int64_t P, in
                                                    int64_t C, int64_t N) {
   const Placement a = check_placement_args(tokens, P, k, C, N);
   check_device(tokens, "tokens_per_expert", false);
+  check_vec_scratch(a);
   Tensor phy2log = new_index(tokens, {a.L, a.P}, ScalarType::Int);
   Tensor log2phy = new_index(tokens, {a.L, a.E, a.X}, ScalarType::Int);
   Tensor logcnt = new_index(tokens, {a.L, a.E}, ScalarType::Int);
   dispatch_loads(tokens, "tokens_per_expert", [&](auto tag) {
     using T = decltype(tag);
     const Loads<T> t = make_loads<T>(tokens);
-    check_loads(t, "tokens_per_expert", true);
     const VecDims d{a.S, (int32_t)a.E, (int32_t)a.P, (int32_t)a.k, (int32_t)a.C, (int32_t)a.N};
     const int64_t bytes = vec_scratch(d, nullptr, nullptr);
-    const int64_t work = (a.S + 1) * (3 * a.E + (a.P - a.E) * 8) + 8 * a.P;
+    reserve_host_scratch(bytes);
+    check_loads(t, "tokens_per_expert", tokens.dim() == 3);
+    const int64_t work = saturating_mul(a.S + 1, 3 * a.E + (a.P - a.E) * 8);
     // Bound the scratch in flight to about one float32 copy of the input.
-    const int64_t max_tasks = std::max<int64_t>(1, a.S * a.L * a.E * 4 / std::max<int64_t>(1, bytes));
+    const int64_t input_f32 = saturating_mul(saturating_mul(a.S, a.L), 4 * a.E);
+    const int64_t max_tasks = std::max<int64_t>(1, input_f32 / std::max<int64_t>(1, bytes));
     const int64_t grain = std::max(grain_for(work), (a.L + max_tasks - 1) / max_tasks);
     for_each_layer(a.L, grain, bytes, [&](int64_t l, void* buf) {
       int32_t* l2p = ptr<int32_t>(log2phy) + l * a.E * a.X;

@@ -22,6 +22,14 @@ inline int64_t grain_for(int64_t work_per_layer) {
   return std::max<int64_t>(1, kGrainWork / std::max<int64_t>(1, work_per_layer));
 }
 
+// Fails at once, before any load is read, when one task's scratch cannot be
+// allocated at all.
+inline void reserve_host_scratch(int64_t scratch_bytes) {
+  std::unique_ptr<uint64_t[]> probe(new (std::nothrow) uint64_t[static_cast<size_t>(scratch_bytes / 8 + 1)]);
+  EPLB_CHECK_MEMORY(probe != nullptr, "could not allocate ", scratch_bytes,
+                    " bytes of host scratch per layer (out of memory)");
+}
+
 // Runs body(l, scratch) for every layer; each task owns one scratch buffer.
 // No exception may cross the C boundary of torch's parallel_for, so a failed
 // allocation is caught in the task and reported after it.
@@ -38,8 +46,8 @@ void for_each_layer(int64_t L, int64_t grain, int64_t scratch_bytes, const F& bo
     }
     for (int64_t l = begin; l < end; ++l) body(l, static_cast<void*>(buf.get()));
   });
-  EPLB_CHECK_VALUE(!out_of_memory, "out of host memory for ", scratch_bytes,
-                   " bytes of scratch per thread");
+  EPLB_CHECK_MEMORY(!out_of_memory, "could not allocate ", scratch_bytes,
+                    " bytes of host scratch for a worker thread (out of memory)");
 }
 
 }  // namespace eplb

@@ -42,7 +42,10 @@ struct Scratch {
 
 Scratch new_scratch(const Tensor& like, int64_t units, int64_t bytes) {
   const int64_t stride = (bytes + 255) / 256 * 256;
-  Tensor buf = new_index(like, {std::max<int64_t>(1, units * stride)}, ScalarType::Byte);
+  const int64_t total = checked_mul_add(units, stride);
+  EPLB_CHECK_MEMORY(total >= 0, "could not allocate ", units, " x ", stride,
+                    " bytes of GPU scratch: more than 2**63 bytes");
+  Tensor buf = new_index(like, {std::max<int64_t>(1, total)}, ScalarType::Byte);
   return Scratch{buf, stride};
 }
 
@@ -214,6 +217,7 @@ std::tuple<Tensor, Tensor, Tensor> deepseek_vec_cuda(Tensor tokens, int64_t P, i
                                                     int64_t C, int64_t N) {
   const Placement a = check_placement_args(tokens, P, k, C, N);
   check_device(tokens, "tokens_per_expert", true);
+  check_vec_scratch(a);
   torch::stable::accelerator::DeviceGuard guard(tokens.get_device_index());
   Tensor phy2log = new_index(tokens, {a.L, a.P}, ScalarType::Int);
   Tensor log2phy = new_index(tokens, {a.L, a.E, a.X}, ScalarType::Int);
