@@ -13,15 +13,15 @@ _HERE = Path(__file__).resolve().parent
 if str(_HERE) not in sys.path:  # for `import helpers`, whatever the import mode
     sys.path.insert(0, str(_HERE))
 
-GOLDEN_PATH = _HERE.parents[1] / "shared" / "golden" / "upstream_v1.pt"
+from helpers import GOLDEN, GOLDEN_MISSING  # noqa: E402
 
 
 @pytest.fixture(scope="session")
 def golden_path() -> Path:
     """Path of the golden vectors; skips the test if the file is absent."""
-    if not GOLDEN_PATH.exists():
-        pytest.skip(f"golden vectors not found at {GOLDEN_PATH} (expected ../shared beside the checkout)")
-    return GOLDEN_PATH
+    if not GOLDEN.exists():
+        pytest.skip(GOLDEN_MISSING)
+    return GOLDEN
 
 
 @pytest.fixture(scope="session")

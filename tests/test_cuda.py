@@ -1,8 +1,6 @@
 """CUDA kernels: golden cases, bit-equality with the CPU op, opcheck, CUDA
 graphs and streams. Skipped where no CUDA device is present."""
 
-from pathlib import Path
-
 import pytest
 import torch
 
@@ -14,8 +12,9 @@ pytestmark = [
     pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (none present)"),
 ]
 
-GOLDEN = Path(__file__).resolve().parents[2] / "shared" / "golden" / "upstream_v1.pt"
-VARIANTS = ["deepseek", "deepseek_hierarchical", "deepseek_vec", "deepseek_vec_hierarchical"]
+from helpers import ALGORITHMS as VARIANTS  # noqa: E402
+from helpers import GOLDEN_MISSING, load_golden_cases  # noqa: E402
+
 OPS = torch.ops.eplb_ext
 
 
@@ -25,14 +24,17 @@ def assert_same(a, b):
         assert torch.equal(x.cpu(), y.cpu())
 
 
+_CASES = load_golden_cases()
+
+
 def golden_cases():
-    if not GOLDEN.exists():
-        return []
-    return torch.load(GOLDEN, weights_only=True)["cases"]
+    return _CASES or []
 
 
-@pytest.mark.parametrize("case", golden_cases(), ids=lambda c: c["name"])
+@pytest.mark.parametrize("case", _CASES or [None], ids=lambda c: c["name"] if c else "golden-file-missing")
 def test_golden_on_cuda(case):
+    if case is None:
+        pytest.skip(GOLDEN_MISSING)
     out = eplb_ext.rebalance_experts(
         case["tokens_per_expert"].cuda(),
         case["num_physical_experts"],
@@ -46,8 +48,8 @@ def test_golden_on_cuda(case):
 
 
 def test_golden_present():
-    if not GOLDEN.exists():
-        pytest.skip(f"golden vectors not found at {GOLDEN}")
+    if _CASES is None:
+        pytest.skip(GOLDEN_MISSING)
     assert len(golden_cases()) == 200
 
 

@@ -7,10 +7,10 @@ import torch
 
 import eplb_ext
 from eplb_ext import EplbAlgorithm, compute_algorithm
-from helpers import ALGORITHMS, OUTPUT_NAMES, assert_same, check_invariants, load_golden_cases
+from helpers import ALGORITHMS, OUTPUT_NAMES, assert_same, check_invariants, golden_case_names, load_golden_cases
 
 _CASES = load_golden_cases()
-_NAMES = [c["name"] for c in _CASES] if _CASES is not None else ["golden-file-missing"]
+_NAMES = golden_case_names(_CASES)
 
 
 def _args(case):

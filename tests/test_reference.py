@@ -5,26 +5,14 @@ sorts); the reference must reproduce every case bit for bit, since it is the
 oracle that the compiled implementation is tested against.
 """
 
-from pathlib import Path
-
 import pytest
 import torch
+from helpers import ALGORITHMS, GOLDEN_MISSING, OUTPUT_NAMES, golden_case_names, load_golden_cases
 
 from eplb_ext import reference
 
-GOLDEN = Path(__file__).resolve().parents[2] / "shared" / "golden" / "upstream_v1.pt"
-OUTPUT_NAMES = ("physical_to_logical_map", "logical_to_physical_map", "logical_count")
-ALGORITHMS = ("deepseek", "deepseek_hierarchical", "deepseek_vec", "deepseek_vec_hierarchical")
-
-
-def _load_cases():
-    if not GOLDEN.exists():
-        return None
-    return torch.load(GOLDEN, weights_only=True)["cases"]
-
-
-_CASES = _load_cases()
-_CASE_NAMES = [c["name"] for c in _CASES] if _CASES is not None else ["golden-file-missing"]
+_CASES = load_golden_cases()
+_CASE_NAMES = golden_case_names(_CASES)
 
 
 def _assert_same(actual, expected):
@@ -37,7 +25,7 @@ def _assert_same(actual, expected):
 @pytest.mark.parametrize("case_name", _CASE_NAMES)
 def test_golden(case_name):
     if _CASES is None:
-        pytest.skip(f"golden vectors not found at {GOLDEN} (expected ../shared beside the checkout)")
+        pytest.skip(GOLDEN_MISSING)
     case = next(c for c in _CASES if c["name"] == case_name)
     actual = reference.rebalance_experts(
         case["tokens_per_expert"],
@@ -52,7 +40,7 @@ def test_golden(case_name):
 
 def test_golden_has_200_cases():
     if _CASES is None:
-        pytest.skip(f"golden vectors not found at {GOLDEN}")
+        pytest.skip(GOLDEN_MISSING)
     assert len(_CASES) == 200
 
 
