@@ -4,6 +4,7 @@ Environment:
   EPLB_EXT_CUDA=0/1      force a CPU-only build / force CUDA (fails if it cannot)
   TORCH_CUDA_ARCH_LIST   CUDA architectures (default "8.0;9.0;10.0+PTX")
   MAX_JOBS, NVCC_THREADS parallel compile jobs / nvcc threads per job
+  EPLB_EXT_SANITIZE=1    CPU build under AddressSanitizer + UBSan (for tests)
 """
 
 import glob
@@ -118,6 +119,15 @@ def main():
     # the step loops; -ffp-contract=off: no FMA, so every float op rounds alone.
     cxx = ["-O3", "-std=c++17", "-fno-wrapv", "-ffp-contract=off", "-fvisibility=hidden"] + common
     extra = {"cxx": cxx}
+    link = []
+    if os.environ.get("EPLB_EXT_SANITIZE") == "1":
+        # For the test suite under AddressSanitizer + UBSan (CPU build only):
+        # any UB report aborts the process.
+        if cuda:
+            raise SystemExit("eplb_ext build: EPLB_EXT_SANITIZE=1 needs EPLB_EXT_CUDA=0")
+        san = ["-fsanitize=address,undefined", "-fno-sanitize-recover=undefined", "-fno-omit-frame-pointer", "-g"]
+        cxx += san
+        link += san
     if cuda:
         archs = os.environ.setdefault("TORCH_CUDA_ARCH_LIST", DEFAULT_ARCHS)
         sources += sorted(glob.glob("csrc/ops/cuda/*.cu"))
@@ -166,6 +176,7 @@ def main():
                 "eplb_ext._C",
                 sources,
                 extra_compile_args=extra,
+                extra_link_args=link,
                 py_limited_api=True,
             )
         ],
