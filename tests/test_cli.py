@@ -145,8 +145,8 @@ def test_demo(tmp_path):
     for variant in eplb_ext.EplbAlgorithm:
         assert variant.name in out
     assert "trivial (p % E)" in out and "best" in out
-    # The 18-node and the group-less deployments skip the hierarchical variants.
-    assert out.count("skipped") == 4
+    # The 18-node and the group-less deployments skip the three hierarchical variants.
+    assert out.count("skipped") == 6
 
 
 def test_demo_is_deterministic(cli, tmp_path):

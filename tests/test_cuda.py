@@ -15,7 +15,15 @@ pytestmark = [
 ]
 
 GOLDEN = Path(__file__).resolve().parents[2] / "shared" / "golden" / "upstream_v1.pt"
-VARIANTS = ["deepseek", "deepseek_hierarchical", "deepseek_vec", "deepseek_vec_hierarchical"]
+VARIANTS = [
+    "deepseek",
+    "deepseek_hierarchical",
+    "deepseek_vec",
+    "deepseek_vec_hierarchical",
+    "elasticity_aware",
+    "elasticity_aware_hierarchical",
+]
+ELASTIC = ["elasticity_aware", "elasticity_aware_hierarchical"]
 OPS = torch.ops.eplb_ext
 
 
@@ -174,6 +182,24 @@ def test_cuda_graph_capture(algo):
         graph.replay()
         torch.cuda.synchronize()
         assert_same(out, eplb_ext.rebalance_experts(data, 288, 9, 8, 4, algo, fixed_width=True))
+
+
+@pytest.mark.parametrize("algo", ELASTIC)
+@pytest.mark.parametrize("dead", [[0], [13], [31], list(range(1, 32, 2)), list(range(31))[:-3]])
+def test_elastic_cuda_matches_cpu(algo, dead):
+    gen = torch.Generator().manual_seed(len(dead))
+    x = loads("skewed", 3, 58, 256, torch.int64, gen)
+    mask = torch.ones(32, dtype=torch.int32)
+    mask[dead] = 0
+    if 9 * int(mask.sum()) < 256:
+        mask[:29] = 1
+    cpu = eplb_ext.rebalance_experts(x, 288, 9, 8, 4, algo, active_ranks=mask)
+    for active in (mask, mask.cuda(), mask.bool().cuda(), mask.tolist()):
+        for fixed in (False, True):
+            gpu = eplb_ext.rebalance_experts(x.cuda(), 288, 9, 8, 4, algo, active_ranks=active, fixed_width=fixed)
+            assert all(t.is_cuda for t in gpu)
+            want = cpu if not fixed else eplb_ext.rebalance_experts(x, 288, 9, 8, 4, algo, active_ranks=mask, fixed_width=True)
+            assert_same(want, gpu)
 
 
 def test_non_default_stream():
