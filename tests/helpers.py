@@ -152,3 +152,16 @@ def check_against_reference(tokens, P, k, C, N, algorithm, *, check_fixed_width=
         assert torch.equal(fixed[1][..., :X], out[1]), context
         assert bool((fixed[1][..., X:] == -1).all()), context
     return out
+
+
+def declared_entry_point(group: str, name: str) -> Optional[str]:
+    """The object reference of entry point ``name`` in ``group`` as
+    pyproject.toml declares it (read without tomllib, absent from Python 3.10)."""
+    import re
+
+    text = (Path(__file__).resolve().parents[1] / "pyproject.toml").read_text()
+    section = re.search(rf'^\[project\.entry-points\."{re.escape(group)}"\]\n(.*?)(?=^\[|\Z)', text, re.M | re.S)
+    if section is None:
+        return None
+    entry = re.search(rf'^{re.escape(name)}\s*=\s*"([^"]+)"', section.group(1), re.M)
+    return entry.group(1) if entry else None
