@@ -290,15 +290,16 @@ def _config_hint(E: int, P: int, G: int, C: Optional[int], N: int, algo: EplbAlg
         counts = " or ".join(str(c) for c in _valid_slot_counts(E, P, G))
         return f"try --num-physical-experts {counts} (>= {E} experts and divisible by {G} GPUs)"
     if algo.hierarchical:
+        flat = "deepseek_vec" if algo.step_aware else "elasticity_aware" if algo.elastic else "deepseek"
         if C is None:
-            return f"pass --num-groups, or use --algorithm {'deepseek_vec' if algo.step_aware else 'deepseek'} for a model without expert groups"
+            return f"pass --num-groups, or use --algorithm {flat} for a model without expert groups"
         if E % C != 0:
             return f"--num-groups must divide the {E} experts: one of {_divisors(E)}"
         if C % N != 0 or G % N != 0:
             nodes = _divisors(math.gcd(C, G))
             return (
                 f"--num-nodes must divide both --num-groups {C} and the {G} GPUs: one of {nodes}; "
-                f"or use --algorithm {'deepseek_vec' if algo.step_aware else 'deepseek'}"
+                f"or use --algorithm {flat}"
             )
     return None
 

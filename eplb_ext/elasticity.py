@@ -54,6 +54,15 @@ def _flags(active_ranks: object, num_gpus: int) -> List[int]:
     return values
 
 
+def active_flags(active_ranks: object, num_gpus: int) -> List[bool]:
+    """``active_ranks`` (not None) checked and read as G bools; at least one
+    GPU must be active."""
+    flags = [bool(f) for f in _flags(active_ranks, num_gpus)]
+    if not any(flags):
+        raise ValueError(f"active_ranks marks all {num_gpus} GPUs inactive; at least one must be active")
+    return flags
+
+
 def active_gpus(active_ranks: object, num_gpus: int, k: int, num_experts: int, algorithm) -> Optional[List[int]]:
     """The ascending indices of the active GPUs when some GPU is inactive;
     None when ``active_ranks`` is None or marks every GPU active.

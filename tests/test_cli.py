@@ -401,6 +401,12 @@ def test_hierarchical_without_groups(cli, tmp_path, tokens):
     assert_error(proc, "needs num_groups", "--algorithm deepseek_vec")
 
 
+def test_elastic_hierarchical_without_groups_suggests_elastic(cli, tmp_path, tokens):
+    save_input("pt-tensor", tokens, tmp_path)
+    proc = cli("rebalance", "loads.pt", "-P", P, "-G", G, "--algorithm", "elasticity_aware_hierarchical", "-o", "o.pt")
+    assert_error(proc, "needs num_groups", "--algorithm elasticity_aware for a model")
+
+
 def test_groups_not_dividing_experts(cli, tmp_path, tokens):
     save_input("pt-tensor", tokens, tmp_path)
     proc = cli("rebalance", "loads.pt", "-P", P, "-G", G, "--num-groups", 3, "--algorithm", "deepseek_hierarchical",

@@ -248,3 +248,26 @@ def test_compute_algorithm_knows_all_six_names():
         eplb_ext.compute_algorithm("elastic", 8, 4)
     assert eplb_ext.EplbAlgorithm.elasticity_aware_hierarchical.hierarchical
     assert [a.name for a in eplb_ext.EplbAlgorithm if a.elastic] == list(ELASTIC)
+
+
+def test_metrics_over_the_active_gpus():
+    from eplb_ext import metrics
+
+    tokens = _loads(2, 3, 16, torch.Generator().manual_seed(9), "skewed")
+    mask = [1, 0, 1, 1, 0, 1]
+    p2l = _place(tokens, 24, 4, None, None, "elasticity_aware", mask)[0]
+    loads = metrics.gpu_loads(tokens, p2l, 6, active_ranks=mask)
+    assert loads.shape == (3, 4) and loads.dtype == torch.float64
+    # The live slots alone form a placement on 4 GPUs: the same loads.
+    live = torch.tensor(mask, dtype=torch.bool).repeat_interleave(4)
+    assert torch.equal(loads, metrics.gpu_loads(tokens, p2l[:, live], 4))
+    assert torch.allclose(loads.sum(-1), metrics.expert_load(tokens).sum(-1))
+    bal = metrics.balancedness(tokens, p2l, 6, active_ranks=torch.tensor(mask))
+    assert torch.equal(bal, metrics.balancedness_of_loads(loads))
+    # All active: as without active_ranks.
+    full = _place(tokens, 24, 4, None, None, "elasticity_aware", None)[0]
+    assert torch.equal(metrics.gpu_loads(tokens, full, 6, active_ranks=[1] * 6), metrics.gpu_loads(tokens, full, 6))
+    with pytest.raises(ValueError, match="active_ranks marks all 6 GPUs inactive"):
+        metrics.gpu_loads(tokens, p2l, 6, active_ranks=[0] * 6)
+    with pytest.raises(ValueError, match="active_ranks has 4 entries"):
+        metrics.balancedness(tokens, p2l, 6, active_ranks=[1] * 4)
