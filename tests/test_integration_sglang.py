@@ -124,6 +124,14 @@ def test_dispatches_sglang_members_by_name(fake_sglang, name):
     assert_same(fake_sglang.dispatcher.rebalance_experts(**kwargs, algorithm=name), out)
 
 
+def test_auto_is_resolved_here(fake_sglang):
+    plugin.register()
+    tokens = torch.rand(1, 2, 16)
+    out = fake_sglang.dispatcher.rebalance_experts(tokens, 32, 4, 4, 2, "auto")
+    assert_same(out, eplb_ext.rebalance_experts(tokens, 32, 4, 4, 2, "deepseek_hierarchical"))
+    assert fake_sglang.calls == []
+
+
 def test_unknown_algorithm_goes_to_sglang(fake_sglang, caplog):
     plugin.register()
     caplog.set_level(logging.INFO, logger=plugin.logger.name)
@@ -263,3 +271,17 @@ def test_launcher_registers_in_spawned_workers(tmp_path):
     assert "args ['--model-path', 'm']" in proc.stdout
     assert "parent eplb_ext.integrations.sglang" in proc.stdout
     assert "worker eplb_ext.integrations.sglang" in proc.stdout
+
+
+def test_installed_entry_point_loads_register():
+    """As the server loads plugins: every entry point of the group, loaded
+    and called (only checked where this checkout is pip-installed)."""
+    from importlib.metadata import PackageNotFoundError, distribution, entry_points
+
+    try:
+        distribution("eplb_ext")
+    except PackageNotFoundError:
+        return  # run from a plain checkout: nothing installed to check
+    found = [ep for ep in entry_points(group="sglang.srt.plugins") if ep.name == "eplb_ext"]
+    assert len(found) == 1, "reinstall eplb_ext (pip install -e .) to register its entry points"
+    assert found[0].load() is plugin.register

@@ -443,3 +443,17 @@ def test_entry_point_declared():
     assert target == "eplb_ext.integrations.vllm:register"
     module, _, attr = target.partition(":")
     assert getattr(importlib.import_module(module), attr) is plugin.register
+
+
+def test_installed_entry_point_loads_register():
+    """As the server loads plugins: every entry point of the group, loaded
+    and called (only checked where this checkout is pip-installed)."""
+    from importlib.metadata import PackageNotFoundError, distribution, entry_points
+
+    try:
+        distribution("eplb_ext")
+    except PackageNotFoundError:
+        return  # run from a plain checkout: nothing installed to check
+    found = [ep for ep in entry_points(group="vllm.general_plugins") if ep.name == "eplb_ext"]
+    assert len(found) == 1, "reinstall eplb_ext (pip install -e .) to register its entry points"
+    assert found[0].load() is plugin.register

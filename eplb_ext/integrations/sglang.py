@@ -76,7 +76,7 @@ def rebalance_experts(
     [L, E, X], logical_count [L, E])`` on the loads' device, with the dtypes
     and widths of ``eplb_ext.rebalance_experts``."""
     name = algorithm if isinstance(algorithm, str) else getattr(algorithm, "name", None)
-    known = name in algorithms.EplbAlgorithm.__members__
+    known = name == "auto" or name in algorithms.EplbAlgorithm.__members__
     if not known and TARGET in _ORIGINAL:
         log_once(logger, logging.WARNING, f"eplb_ext: algorithm {name!r} is not eplb_ext's; SGLang's own code places it")
         return _ORIGINAL[TARGET](tokens_per_expert, num_physical_experts, num_local_physical_experts,
