@@ -33,7 +33,9 @@ from .. import deepseek as ds
 from ..build_info import __version__
 from . import log_once
 
-logger = logging.getLogger(__name__)
+# Under "vllm": vLLM configures handlers for its own logger tree only, so
+# this is where its log shows what the plugin did.
+logger = logging.getLogger("vllm.eplb_ext")
 
 ENV = "EPLB_EXT_VLLM"
 POLICY_MODULE = "vllm.distributed.eplb.policy"
