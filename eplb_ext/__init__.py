@@ -3,7 +3,8 @@ compiled for CPU and CUDA.
 
 Drop-in for SGLang's ``eplb_algorithms`` (``EplbAlgorithm``,
 ``compute_algorithm``, ``rebalance_experts``) and, in ``eplb_ext.deepseek``,
-DeepSeek's ``eplb.py``.
+DeepSeek's ``eplb.py``. ``eplb_ext.integrations`` installs it into SGLang and
+vLLM.
 """
 
 from . import _ops  # noqa: F401  (loads the compiled library)

@@ -9,7 +9,7 @@ from typing import Optional, Tuple, Union
 import torch
 from torch import Tensor
 
-from . import _ops
+from . import _ops, elasticity
 from ._validate import check_int, check_load_values, check_loads
 
 
@@ -20,10 +20,21 @@ class EplbAlgorithm(Enum):
     deepseek_hierarchical = auto()
     deepseek_vec = auto()
     deepseek_vec_hierarchical = auto()
+    elasticity_aware = auto()
+    elasticity_aware_hierarchical = auto()
 
     @property
     def hierarchical(self) -> bool:
-        return self in (EplbAlgorithm.deepseek_hierarchical, EplbAlgorithm.deepseek_vec_hierarchical)
+        return self in (
+            EplbAlgorithm.deepseek_hierarchical,
+            EplbAlgorithm.deepseek_vec_hierarchical,
+            EplbAlgorithm.elasticity_aware_hierarchical,
+        )
+
+    @property
+    def elastic(self) -> bool:
+        """Takes ``active_ranks`` (GPUs that may have failed)."""
+        return self in (EplbAlgorithm.elasticity_aware, EplbAlgorithm.elasticity_aware_hierarchical)
 
     @property
     def step_aware(self) -> bool:
@@ -84,6 +95,7 @@ def rebalance_experts(
     *,
     fixed_width: bool = False,
     check_values: bool = True,
+    active_ranks: elasticity.ActiveRanks = None,
 ) -> Tuple[Tensor, Tensor, Tensor]:
     """Places experts on GPUs.
 
@@ -105,13 +117,21 @@ def rebalance_experts(
             synchronises and can be captured in a CUDA graph; bad loads then
             give an unspecified (but in-bounds) placement. CPU tensors are
             always checked, in C++, at no extra cost.
+        active_ranks: which of the G = P / k GPUs are alive, for the
+            ``elasticity_aware`` variants: a 1-D bool or 0/1 integer tensor
+            (any device) or a sequence of G bools / 0/1 ints; None means all.
+            A tensor on a GPU is read once on the host (a synchronisation).
+            Other variants accept only None or all GPUs active.
 
     Returns:
         ``(physical_to_logical_map [L, P], logical_to_physical_map [L, E, X],
         logical_count [L, E])`` on the input's device: int64 for the
         ``deepseek`` variants (X = largest count, or P - E + 1 with
         ``fixed_width``); int32 for the vec variants (X = P - E + 1), except
-        ``deepseek_vec_hierarchical``'s int64 ``physical_to_logical_map``.
+        ``deepseek_vec_hierarchical``'s int64 ``physical_to_logical_map``;
+        int64 for the ``elasticity_aware`` variants (X as for ``deepseek``),
+        whose inactive GPUs' slots hold the filler expert 0 and appear in no
+        ``logical_to_physical_map`` entry and no count.
     """
     tokens = check_loads("tokens_per_expert", tokens_per_expert, (2, 3))
     num_experts = tokens.shape[-1]
@@ -144,6 +164,9 @@ def rebalance_experts(
     for flag, value in (("fixed_width", fixed_width), ("check_values", check_values)):
         if not isinstance(value, bool):
             raise TypeError(f"{flag} must be a bool, got {type(value).__name__}")
+    # Read before the loads are checked on the device: a wrong active_ranks
+    # is an argument error, raised before any work.
+    active = elasticity.active_gpus(active_ranks, G, k, num_experts, algo)
     # Meta tensors have no values; while tracing, values cannot be read.
     compiling = torch.compiler.is_compiling()
     if check_values and tokens.device.type not in ("cpu", "meta"):
@@ -159,6 +182,8 @@ def rebalance_experts(
             "which a meta tensor does not have; pass fixed_width=True for a width of "
             "num_physical_experts - num_experts + 1"
         )
+    if active is not None:
+        return elasticity.place(tokens, P, k, active, fixed_width)
 
     if algo.step_aware:
         phy2log, log2phy, logcnt = _ops.call(_ops.ops.deepseek_vec, tokens, P, k, C, N)

@@ -55,8 +55,15 @@ def _first_line(exc: BaseException) -> str:
 def _pick_tensor(obj: object, path: str) -> Tensor:
     """The load tensor in what a file held: a tensor (or nested lists), or a
     dict with a ``logical_count`` entry (SGLang's expert-distribution
-    recorder), or a dict with a single tensor."""
+    recorder), or a dict with a single tensor. A placement written by
+    ``rebalance`` (it has a ``logical_count`` too) is not a load."""
     if isinstance(obj, dict):
+        if "physical_to_logical_map" in obj:
+            raise CliError(
+                f"{path}: holds a placement (physical_to_logical_map), not loads",
+                hint="give the token counts per expert (e.g. SGLang's expert-distribution dump); "
+                "a placement written by 'eplb-ext rebalance' goes to --previous",
+            )
         if "logical_count" in obj:
             obj = obj["logical_count"]
         else:
@@ -181,6 +188,62 @@ def read_placement(path: str) -> Tensor:
     return _pick_tensor(data["physical_to_logical_map"], path)
 
 
+def check_previous(path: str, previous: Tensor, num_layers: int, num_slots: int, num_experts: int) -> Tensor:
+    """``previous`` as an int64 ``[L, P]`` placement of E experts, or a
+    CliError naming the first thing that does not fit the loads."""
+    if previous.dtype == torch.bool or previous.is_floating_point() or previous.is_complex():
+        raise CliError(f"{path}: placement has dtype {previous.dtype}; expert ids must be integers")
+    if tuple(previous.shape) != (num_layers, num_slots):
+        raise CliError(f"{path}: placement of shape {tuple(previous.shape)} does not fit "
+                       f"{num_layers} layers x {num_slots} slots",
+                       hint="give the placement written for this model and --num-physical-experts")
+    bad = ((previous < 0) | (previous >= num_experts)).nonzero()
+    if len(bad) > 0:
+        layer, slot = bad[0].tolist()
+        raise CliError(
+            f"{path}: placement holds expert {int(previous[layer, slot])} (layer {layer}, slot {slot}), "
+            f"but the loads have {num_experts} experts (ids 0..{num_experts - 1})",
+            hint="give the placement written for this model's loads, or leave out --previous",
+        )
+    return previous.to(torch.int64)
+
+
+def drop_zero_steps(tokens: Tensor, drop: bool) -> Tuple[Tensor, Optional[str]]:
+    """``tokens`` without its all-zero steps (rows of a recorder's buffer that
+    were never filled) when ``drop``, and a note for the report, or None. All
+    steps zero: kept, there is nothing else to place."""
+    if tokens.dim() != 3:
+        return tokens, None
+    zero = (tokens == 0).flatten(1).all(dim=1)
+    count = int(zero.sum())
+    if count == 0 or count == tokens.shape[0]:
+        return tokens, None
+    if not drop:
+        return tokens, (f"note: {count} of {tokens.shape[0]} steps are all zero (unfilled recorder rows?); "
+                        "--drop-zero-steps leaves them out")
+    return tokens[~zero], f"note: dropped {count} all-zero steps of {tokens.shape[0]} (--drop-zero-steps)"
+
+
+def _same_file(a: str, b: str) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one does not exist (yet)
+        return os.path.realpath(a) == os.path.realpath(b)
+
+
+def _auto_reason(E: int, G: int, C: Optional[int], N: int, algo: EplbAlgorithm) -> str:
+    """Why ``--algorithm auto`` chose ``algo`` (SPEC "Choosing a variant")."""
+    if algo is EplbAlgorithm.deepseek_hierarchical:
+        return f"auto: {C} expert groups over {N} node(s), which divide the groups and the {G} GPUs"
+    if C is None:
+        return "auto: no expert groups (--num-groups not given)"
+    if C % N != 0:
+        return f"auto: {N} nodes do not divide the {C} expert groups"
+    if E % C != 0:
+        return f"auto: {C} groups do not divide the {E} experts"
+    return f"auto: {N} nodes do not divide the {G} GPUs"
+
+
 def write_placement(path: str, outputs: Sequence[Tensor]) -> None:
     """Writes the three maps to ``.pt`` (tensors) or ``.json`` (nested lists)."""
     data = dict(zip(OUTPUT_KEYS, outputs))
@@ -227,15 +290,16 @@ def _config_hint(E: int, P: int, G: int, C: Optional[int], N: int, algo: EplbAlg
         counts = " or ".join(str(c) for c in _valid_slot_counts(E, P, G))
         return f"try --num-physical-experts {counts} (>= {E} experts and divisible by {G} GPUs)"
     if algo.hierarchical:
+        flat = "deepseek_vec" if algo.step_aware else "elasticity_aware" if algo.elastic else "deepseek"
         if C is None:
-            return f"pass --num-groups, or use --algorithm {'deepseek_vec' if algo.step_aware else 'deepseek'} for a model without expert groups"
+            return f"pass --num-groups, or use --algorithm {flat} for a model without expert groups"
         if E % C != 0:
             return f"--num-groups must divide the {E} experts: one of {_divisors(E)}"
         if C % N != 0 or G % N != 0:
             nodes = _divisors(math.gcd(C, G))
             return (
                 f"--num-nodes must divide both --num-groups {C} and the {G} GPUs: one of {nodes}; "
-                f"or use --algorithm {'deepseek_vec' if algo.step_aware else 'deepseek'}"
+                f"or use --algorithm {flat}"
             )
     return None
 
@@ -308,6 +372,9 @@ def _cmd_rebalance(args: argparse.Namespace) -> int:
     if _extension(args.output) not in OUTPUT_FORMATS:
         raise CliError(f"{args.output}: unknown output format {_extension(args.output)!r}", hint="write a .pt or .json file")
     _check_writable(args.output, "the placement")
+    if not args.force and _same_file(args.output, args.input):
+        raise CliError(f"{args.output}: is the input file; writing the placement would replace the loads",
+                       hint="choose another -o file, or pass --force to overwrite the input")
     plt = None
     if args.plot:
         _check_writable(args.plot, "the plot")
@@ -317,7 +384,7 @@ def _cmd_rebalance(args: argparse.Namespace) -> int:
         if _extension(args.plot).lstrip(".") not in kinds:
             raise CliError(f"{args.plot}: matplotlib cannot write {_extension(args.plot)!r} images", hint="use a .png, .svg or .pdf file")
     previous = read_placement(args.previous) if args.previous else None
-    tokens = read_loads(args.input)
+    tokens, zero_note = drop_zero_steps(read_loads(args.input), args.drop_zero_steps)
     S, L, E = (1, *tokens.shape) if tokens.dim() == 2 else tuple(tokens.shape)
     P, G, C, N = args.num_physical_experts, args.num_gpus, args.num_groups, args.num_nodes
     try:
@@ -329,8 +396,8 @@ def _cmd_rebalance(args: argparse.Namespace) -> int:
             f"--num-physical-experts {P} is not divisible by --num-gpus {G}",
             hint=_config_hint(E, P, G, C, N, algo),
         )
-    if previous is not None and tuple(previous.shape) != (L, P):
-        raise CliError(f"{args.previous}: placement of shape {tuple(previous.shape)} does not fit {L} layers x {P} slots")
+    if previous is not None:
+        previous = check_previous(args.previous, previous, L, P, E)
     try:
         outputs = rebalance_experts(tokens, P, P // G, C, N, algo)
     except (ValueError, TypeError) as exc:
@@ -343,9 +410,11 @@ def _cmd_rebalance(args: argparse.Namespace) -> int:
     deployment = Deployment("input", args.input, L, E, C, N, G, P)
     w = metrics.expert_load(tokens)
     print(f"input: {args.input}: {S} steps x {L} layers x {E} experts ({tokens.dtype}), total load {float(w.sum()):.6g}")
+    if zero_note:
+        print(zero_note)
     print(f"placement: {P} slots on {G} GPUs ({P // G} per GPU), {N} node(s), "
           f"{C if C is not None else 'no'} expert groups; algorithm {algo.name}"
-          + (" (auto)" if args.algorithm == "auto" else ""))
+          + (f" ({_auto_reason(E, G, C, N, algo)})" if args.algorithm == "auto" else ""))
     print(f"wrote {args.output}: " + ", ".join(f"{k} {list(v.shape)} {str(v.dtype).replace('torch.', '')}" for k, v in zip(OUTPUT_KEYS, outputs)))
 
     # Every variant on the same load, for comparison; the chosen one is marked.
@@ -486,6 +555,11 @@ experts], of any integer or floating dtype:
   .safetensors   a 'logical_count' tensor, or a single tensor (needs the
                  safetensors package)
 
+A .pt file saved on a GPU is read onto the CPU. Steps whose loads are all
+zero (rows of a recorder buffer never filled) count as steps unless
+--drop-zero-steps leaves them out; the report says how many there are. A
+placement file is not a load: give it with --previous.
+
 OUTPUT (.pt: tensors; .json: nested lists) holds physical_to_logical_map
 [layers, slots], logical_to_physical_map [layers, experts, X] (-1 padded)
 and logical_count [layers, experts]. Slot p is on GPU p // (P / G).
@@ -559,6 +633,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plot", metavar="FILE.png", help="also draw per-GPU loads and per-layer balancedness (needs matplotlib)")
     p.add_argument("--previous", metavar="PLACEMENT", help="a placement written earlier: report how many experts would move")
     p.add_argument("--worst", type=_positive_int, default=3, metavar="K", help="worst layers to list (default 3)")
+    p.add_argument("--drop-zero-steps", action="store_true",
+                   help="leave out steps whose loads are all zero (rows of a recorder buffer never filled)")
+    p.add_argument("--force", action="store_true", help="allow -o to overwrite the input file")
     p.set_defaults(func=_cmd_rebalance)
 
     p = sub.add_parser("bench", help="time the compiled op against the pure-PyTorch reference",

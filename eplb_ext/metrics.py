@@ -126,7 +126,9 @@ def _slot_loads(w: Tensor, phy2log: Tensor) -> Tensor:
     return per_replica.gather(-1, index)
 
 
-def gpu_loads(load: Tensor, physical_to_logical_map: Tensor, num_gpus: int, *, per_step: bool = False) -> Tensor:
+def gpu_loads(
+    load: Tensor, physical_to_logical_map: Tensor, num_gpus: int, *, per_step: bool = False, active_ranks=None
+) -> Tensor:
     """Load of every GPU, float64 ``[L, G]`` (or ``[S, L, G]`` with ``per_step``).
 
     Args:
@@ -136,6 +138,11 @@ def gpu_loads(load: Tensor, physical_to_logical_map: Tensor, num_gpus: int, *, p
         num_gpus: G, must divide P.
         per_step: with a ``[S, L, E]`` load, return each step's GPU loads
             ``[S, L, G]`` instead of those of the load summed over steps.
+        active_ranks: for a placement around failed GPUs (the
+            ``elasticity_aware`` variants), which GPUs are alive, in any form
+            ``rebalance_experts`` accepts; the loads are then those of the A
+            active GPUs only, ``[L, A]``, and the inactive GPUs' filler slots
+            count for nothing.
 
     GPU load = sum over its slots of ``w[expert] / count[expert]``.
     """
@@ -147,8 +154,16 @@ def gpu_loads(load: Tensor, physical_to_logical_map: Tensor, num_gpus: int, *, p
         w = expert_load(load)
     L, E = w.shape[-2:]
     phy2log = _check_map(physical_to_logical_map.to(w.device), L, E, num_gpus)
+    gpus = num_gpus
+    if active_ranks is not None:
+        from .elasticity import active_flags
+
+        alive = active_flags(active_ranks, num_gpus)
+        # The live slots, GPU after GPU: k per active GPU.
+        live = torch.tensor(alive, dtype=torch.bool).repeat_interleave(phy2log.shape[1] // num_gpus)
+        phy2log, gpus = phy2log[:, live.to(phy2log.device)], sum(alive)
     slots = _slot_loads(w, phy2log)
-    return slots.reshape(*slots.shape[:-1], num_gpus, -1).sum(dim=-1)
+    return slots.reshape(*slots.shape[:-1], gpus, -1).sum(dim=-1)
 
 
 def balancedness_of_loads(gpu_load: Tensor) -> Tensor:
@@ -159,12 +174,13 @@ def balancedness_of_loads(gpu_load: Tensor) -> Tensor:
     return torch.where(peak > 0, mean / torch.where(peak > 0, peak, 1.0), 1.0)
 
 
-def balancedness(load: Tensor, physical_to_logical_map: Tensor, num_gpus: int) -> Tensor:
+def balancedness(load: Tensor, physical_to_logical_map: Tensor, num_gpus: int, *, active_ranks=None) -> Tensor:
     """Per-layer balancedness (mean GPU load / max GPU load), float64 ``[L]``.
 
-    Args: as ``gpu_loads``. 1.0 is perfect; a layer without load gives 1.0.
+    Args: as ``gpu_loads`` (with ``active_ranks``: over the active GPUs).
+    1.0 is perfect; a layer without load gives 1.0.
     """
-    return balancedness_of_loads(gpu_loads(load, physical_to_logical_map, num_gpus))
+    return balancedness_of_loads(gpu_loads(load, physical_to_logical_map, num_gpus, active_ranks=active_ranks))
 
 
 def step_balancedness(tokens: Tensor, physical_to_logical_map: Tensor, num_gpus: int) -> Tensor:

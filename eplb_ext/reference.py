@@ -557,18 +557,28 @@ def rebalance_experts(
     num_groups,
     num_nodes: int,
     algorithm,
+    active_ranks=None,
 ) -> Tuple[Tensor, Tensor, Tensor]:
     """Run the variant named ``algorithm`` (a name or an enum with that ``.name``).
 
+    ``active_ranks`` (which GPUs are alive) is for the ``elasticity_aware``
+    variants; the others take only None.
     Returns ``(physical_to_logical_map, logical_to_physical_map,
     logical_count)`` with the shapes and dtypes of that variant.
     """
     name = algorithm if isinstance(algorithm, str) else getattr(algorithm, "name", algorithm)
+    if name in ("elasticity_aware", "elasticity_aware_hierarchical"):
+        from . import reference_elasticity
+
+        fn = getattr(reference_elasticity, name)
+        return fn(tokens_per_expert, num_physical_experts, num_local_physical_experts, num_groups, num_nodes, active_ranks)
+    if active_ranks is not None:
+        raise ValueError(f"algorithm {name!r} takes no active_ranks")
     try:
         fn = _ALGORITHMS[name]
     except KeyError:
         raise ValueError(
-            f"algorithm={algorithm!r} is not one of {sorted(_ALGORITHMS)}"
+            f"algorithm={algorithm!r} is not one of {sorted(_ALGORITHMS) + ['elasticity_aware', 'elasticity_aware_hierarchical']}"
         ) from None
     return fn(
         tokens_per_expert,

@@ -10,8 +10,16 @@ from torch import Tensor
 
 GOLDEN = Path(__file__).resolve().parents[2] / "shared" / "golden" / "upstream_v1.pt"
 OUTPUT_NAMES = ("physical_to_logical_map", "logical_to_physical_map", "logical_count")
-ALGORITHMS = ("deepseek", "deepseek_hierarchical", "deepseek_vec", "deepseek_vec_hierarchical")
-HIERARCHICAL = ("deepseek_hierarchical", "deepseek_vec_hierarchical")
+ALGORITHMS = (
+    "deepseek",
+    "deepseek_hierarchical",
+    "deepseek_vec",
+    "deepseek_vec_hierarchical",
+    "elasticity_aware",
+    "elasticity_aware_hierarchical",
+)
+HIERARCHICAL = ("deepseek_hierarchical", "deepseek_vec_hierarchical", "elasticity_aware_hierarchical")
+ELASTIC = ("elasticity_aware", "elasticity_aware_hierarchical")
 
 # SPEC "Outputs": dtypes of (phy2log, log2phy, logcnt) per variant.
 DTYPES = {
@@ -19,6 +27,8 @@ DTYPES = {
     "deepseek_hierarchical": (torch.int64, torch.int64, torch.int64),
     "deepseek_vec": (torch.int32, torch.int32, torch.int32),
     "deepseek_vec_hierarchical": (torch.int64, torch.int32, torch.int32),
+    "elasticity_aware": (torch.int64, torch.int64, torch.int64),
+    "elasticity_aware_hierarchical": (torch.int64, torch.int64, torch.int64),
 }
 
 
@@ -60,9 +70,19 @@ def check_invariants(
     N: Optional[int] = None,
     *,
     fixed_width: bool = False,
+    active_ranks: Optional[Sequence[int]] = None,
 ) -> None:
-    """SPEC "Invariants" (and the output contract) for one call's outputs."""
+    """SPEC "Invariants" (and the output contract) for one call's outputs.
+
+    With ``active_ranks`` (0/1 per GPU, some 0): the live slots satisfy the
+    invariants with counts summing to k * A, inactive slots hold expert 0 and
+    are listed nowhere, and groups are not checked."""
     phy2log, log2phy, count = outputs
+    live = torch.ones(P, dtype=torch.bool)
+    if active_ranks is not None:
+        live = torch.tensor([bool(a) for a in active_ranks]).repeat_interleave(k)
+        if bool(live.all()):
+            active_ranks = None
     vec = algorithm.startswith("deepseek_vec")
 
     # Dtypes and shapes.
@@ -78,13 +98,16 @@ def check_invariants(
     if L == 0:
         return
 
-    p2l, l2p, cnt = phy2log.long(), log2phy.long(), count.long()
+    p2l, l2p, cnt = phy2log.long().cpu(), log2phy.long().cpu(), count.long().cpu()
 
-    # Every slot holds a valid expert; every expert has >= 1 slot; counts sum to P.
+    # Every slot holds a valid expert; every expert has >= 1 slot; counts sum
+    # to P (to the live slots k * A with inactive GPUs, whose slots hold 0).
     assert bool(((p2l >= 0) & (p2l < E)).all()), "a slot holds an invalid expert"
+    assert bool((p2l[:, ~live] == 0).all()), "an inactive slot does not hold the filler 0"
     assert bool((cnt >= 1).all()), "an expert has no slot"
-    assert bool((cnt.sum(-1) == P).all()), "counts do not sum to P"
-    hist = torch.zeros(L, E, dtype=torch.int64).scatter_add_(1, p2l, torch.ones_like(p2l))
+    assert bool((cnt.sum(-1) == int(live.sum())).all()), "counts do not sum to the live slots"
+    live_p2l = p2l[:, live]
+    hist = torch.zeros(L, E, dtype=torch.int64).scatter_add_(1, live_p2l, torch.ones_like(live_p2l))
     assert torch.equal(hist, cnt), "logical_count disagrees with physical_to_logical_map"
 
     # log2phy[l, e, r]: a slot holding e for r < count, -1 after.
@@ -100,11 +123,12 @@ def check_invariants(
     listed = torch.zeros(L, P + 1, dtype=torch.int64).scatter_add_(
         1, torch.where(slots < 0, P, slots), torch.ones_like(slots)
     )[:, :P]
-    assert bool((listed == 1).all()), "a slot is listed zero or several times in log2phy"
+    assert bool((listed[:, live] == 1).all()), "a live slot is listed zero or several times in log2phy"
+    assert bool((listed[:, ~live] == 0).all()), "an inactive slot is listed in log2phy"
 
     # Hierarchical: each group's experts and replicas on a single node, and
     # each node holds exactly C/N groups.
-    if algorithm in HIERARCHICAL:
+    if algorithm in HIERARCHICAL and active_ranks is None:
         assert C is not None and N is not None
         m = E // C
         slot_node = (torch.arange(P) // (P // N)).expand(L, P)
@@ -138,3 +162,16 @@ def check_against_reference(tokens, P, k, C, N, algorithm, *, check_fixed_width=
         assert torch.equal(fixed[1][..., :X], out[1]), context
         assert bool((fixed[1][..., X:] == -1).all()), context
     return out
+
+
+def declared_entry_point(group: str, name: str) -> Optional[str]:
+    """The object reference of entry point ``name`` in ``group`` as
+    pyproject.toml declares it (read without tomllib, absent from Python 3.10)."""
+    import re
+
+    text = (Path(__file__).resolve().parents[1] / "pyproject.toml").read_text()
+    section = re.search(rf'^\[project\.entry-points\."{re.escape(group)}"\]\n(.*?)(?=^\[|\Z)', text, re.M | re.S)
+    if section is None:
+        return None
+    entry = re.search(rf'^{re.escape(name)}\s*=\s*"([^"]+)"', section.group(1), re.M)
+    return entry.group(1) if entry else None

@@ -145,8 +145,8 @@ def test_demo(tmp_path):
     for variant in eplb_ext.EplbAlgorithm:
         assert variant.name in out
     assert "trivial (p % E)" in out and "best" in out
-    # The 18-node and the group-less deployments skip the hierarchical variants.
-    assert out.count("skipped") == 4
+    # The 18-node and the group-less deployments skip the three hierarchical variants.
+    assert out.count("skipped") == 6
 
 
 def test_demo_is_deterministic(cli, tmp_path):
@@ -209,7 +209,7 @@ def test_rebalance_every_format(cli, tmp_path, tokens, kind, out_ext):
     out = tmp_path / f"placement{out_ext}"
     proc = cli("rebalance", path.name, *DEPLOY_ARGS, "-o", out.name)
     assert proc.returncode == 0, proc.stderr
-    assert "deepseek_hierarchical (auto)" in proc.stdout
+    assert "deepseek_hierarchical (auto: " in proc.stdout
     assert "trivial (p % E) (before)" in proc.stdout and "worst layers" in proc.stdout
     result = read_output(out)
     assert set(result) == {"physical_to_logical_map", "logical_to_physical_map", "logical_count"}
@@ -233,7 +233,7 @@ def test_rebalance_two_dimensional_input_without_groups(cli, tmp_path, tokens):
     torch.save(w, tmp_path / "w.pt")
     proc = cli("rebalance", "w.pt", "-P", P, "-G", G, "-o", "out.json")
     assert proc.returncode == 0, proc.stderr
-    assert "algorithm deepseek (auto)" in proc.stdout
+    assert "algorithm deepseek (auto: no expert groups" in proc.stdout
     assert "skipped" in proc.stdout  # the hierarchical variants need groups
     result = read_output(tmp_path / "out.json")
     assert_same_as_library(result, eplb_ext.rebalance_experts(w, P, P // G, None, 1, "deepseek"))
@@ -401,6 +401,12 @@ def test_hierarchical_without_groups(cli, tmp_path, tokens):
     assert_error(proc, "needs num_groups", "--algorithm deepseek_vec")
 
 
+def test_elastic_hierarchical_without_groups_suggests_elastic(cli, tmp_path, tokens):
+    save_input("pt-tensor", tokens, tmp_path)
+    proc = cli("rebalance", "loads.pt", "-P", P, "-G", G, "--algorithm", "elasticity_aware_hierarchical", "-o", "o.pt")
+    assert_error(proc, "needs num_groups", "--algorithm elasticity_aware for a model")
+
+
 def test_groups_not_dividing_experts(cli, tmp_path, tokens):
     save_input("pt-tensor", tokens, tmp_path)
     proc = cli("rebalance", "loads.pt", "-P", P, "-G", G, "--num-groups", 3, "--algorithm", "deepseek_hierarchical",
@@ -442,3 +448,93 @@ def test_main_returns_exit_codes(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.startswith("eplb-ext: error: ") and "no such file" in err
     assert main(["demo", "--layers", "0"]) == 2
+
+
+# --------------------------------------------------------------------------
+# files a new user gets wrong
+# --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("suffix", [".pt", ".json"])
+def test_placement_given_as_loads(cli, tmp_path, tokens, suffix):
+    save_input("pt-tensor", tokens, tmp_path)
+    assert cli("rebalance", "loads.pt", *DEPLOY_ARGS, "-o", "placement" + suffix).returncode == 0
+    proc = cli("rebalance", "placement" + suffix, *DEPLOY_ARGS, "-o", "again.pt")
+    assert_error(proc, "holds a placement (physical_to_logical_map), not loads", "goes to --previous")
+    assert not (tmp_path / "again.pt").exists()
+
+
+def test_output_is_the_input(cli, tmp_path, tokens):
+    save_input("pt-tensor", tokens, tmp_path)
+    before = (tmp_path / "loads.pt").read_bytes()
+    for same in ("loads.pt", "./loads.pt", str(tmp_path / "loads.pt")):
+        proc = cli("rebalance", "loads.pt", *DEPLOY_ARGS, "-o", same)
+        assert_error(proc, "is the input file", "--force")
+    assert (tmp_path / "loads.pt").read_bytes() == before
+    proc = cli("rebalance", "loads.pt", *DEPLOY_ARGS, "-o", "loads.pt", "--force")
+    assert proc.returncode == 0, proc.stderr
+    assert_same_as_library(read_output(tmp_path / "loads.pt"), expected(tokens))
+
+
+def test_previous_with_other_expert_count_writes_nothing(cli, tmp_path, tokens):
+    save_input("pt-tensor", tokens, tmp_path)
+    # A model with 32 experts, same layers and slots: ids up to 31.
+    old = torch.arange(P).repeat(L, 1) + 8
+    torch.save({"physical_to_logical_map": old}, tmp_path / "old.pt")
+    proc = cli("rebalance", "loads.pt", *DEPLOY_ARGS, "--previous", "old.pt", "-o", "new.pt")
+    assert_error(proc, "old.pt: placement holds expert 16 (layer 0, slot 8), but the loads have 16 experts (ids 0..15)")
+    assert not (tmp_path / "new.pt").exists()
+
+
+def test_previous_with_float_ids(cli, tmp_path, tokens):
+    save_input("pt-tensor", tokens, tmp_path)
+    torch.save({"physical_to_logical_map": torch.zeros(L, P)}, tmp_path / "old.pt")
+    proc = cli("rebalance", "loads.pt", *DEPLOY_ARGS, "--previous", "old.pt", "-o", "new.pt")
+    assert_error(proc, "placement has dtype torch.float32")
+    assert not (tmp_path / "new.pt").exists()
+
+
+def test_pt_is_read_onto_the_cpu(cli, tmp_path, tokens, monkeypatch):
+    save_input("pt-tensor", tokens, tmp_path)
+    seen = []
+    real_load = torch.load
+
+    def load(*args, **kwargs):
+        seen.append(kwargs.get("map_location"))
+        return real_load(*args, **kwargs)
+
+    monkeypatch.setattr(torch, "load", load)
+    assert cli("rebalance", "loads.pt", *DEPLOY_ARGS, "-o", "o.json").returncode == 0
+    assert seen and all(str(m) == "cpu" for m in seen)
+
+
+@pytest.mark.parametrize("algorithm", ["deepseek", "deepseek_vec"])
+def test_zero_steps(cli, tmp_path, tokens, algorithm):
+    padded = torch.cat([tokens, torch.zeros(2, L, E, dtype=tokens.dtype)])  # a recorder buffer not yet full
+    torch.save({"logical_count": padded}, tmp_path / "dump.pt")
+    kept = cli("rebalance", "dump.pt", *DEPLOY_ARGS, "--algorithm", algorithm, "-o", "kept.pt")
+    assert kept.returncode == 0, kept.stderr
+    assert "2 of 5 steps are all zero" in kept.stdout and "--drop-zero-steps" in kept.stdout
+    assert_same_as_library(read_output(tmp_path / "kept.pt"), expected(padded, algorithm))
+    dropped = cli("rebalance", "dump.pt", *DEPLOY_ARGS, "--algorithm", algorithm, "--drop-zero-steps", "-o", "d.pt")
+    assert dropped.returncode == 0, dropped.stderr
+    assert "dropped 2 all-zero steps of 5" in dropped.stdout and f"{S} steps x" in dropped.stdout
+    assert_same_as_library(read_output(tmp_path / "d.pt"), expected(tokens, algorithm))
+    # Nothing to drop: no note.
+    save_input("pt-tensor", tokens, tmp_path)
+    assert "all-zero" not in cli("rebalance", "loads.pt", *DEPLOY_ARGS, "--drop-zero-steps", "-o", "x.pt").stdout
+
+
+@pytest.mark.parametrize("args, reason", [
+    (DEPLOY_ARGS, "deepseek_hierarchical (auto: 4 expert groups over 2 node(s), which divide the groups and the 4 GPUs)"),
+    (["-P", P, "-G", G], "deepseek (auto: no expert groups (--num-groups not given))"),
+    (["-P", P, "-G", G, "--num-groups", 4, "--num-nodes", 3], "deepseek (auto: 3 nodes do not divide the 4 expert groups)"),
+    (["-P", P, "-G", G, "--num-groups", 3], "deepseek (auto: 3 groups do not divide the 16 experts)"),
+    (["-P", 48, "-G", 8, "--num-groups", 4, "--num-nodes", 4], "deepseek_hierarchical (auto: 4 expert groups over 4"),
+    (["-P", P, "-G", 6, "--num-groups", 4, "--num-nodes", 4], "deepseek (auto: 4 nodes do not divide the 6 GPUs)"),
+])
+def test_auto_says_why(cli, tmp_path, tokens, args, reason):
+    save_input("pt-tensor", tokens, tmp_path)
+    proc = cli("rebalance", "loads.pt", *args, "-o", "o.pt")
+    assert proc.returncode == 0, proc.stderr
+    assert f"algorithm {reason}" in proc.stdout

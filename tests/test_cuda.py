@@ -13,7 +13,7 @@ pytestmark = [
 ]
 
 from helpers import ALGORITHMS as VARIANTS  # noqa: E402
-from helpers import GOLDEN_MISSING, load_golden_cases  # noqa: E402
+from helpers import ELASTIC, GOLDEN_MISSING, load_golden_cases  # noqa: E402
 
 OPS = torch.ops.eplb_ext
 
@@ -176,6 +176,24 @@ def test_cuda_graph_capture(algo):
         graph.replay()
         torch.cuda.synchronize()
         assert_same(out, eplb_ext.rebalance_experts(data, 288, 9, 8, 4, algo, fixed_width=True))
+
+
+@pytest.mark.parametrize("algo", ELASTIC)
+@pytest.mark.parametrize("dead", [[0], [13], [31], list(range(1, 32, 2)), list(range(31))[:-3]])
+def test_elastic_cuda_matches_cpu(algo, dead):
+    gen = torch.Generator().manual_seed(len(dead))
+    x = loads("skewed", 3, 58, 256, torch.int64, gen)
+    mask = torch.ones(32, dtype=torch.int32)
+    mask[dead] = 0
+    if 9 * int(mask.sum()) < 256:
+        mask[:29] = 1
+    cpu = eplb_ext.rebalance_experts(x, 288, 9, 8, 4, algo, active_ranks=mask)
+    for active in (mask, mask.cuda(), mask.bool().cuda(), mask.tolist()):
+        for fixed in (False, True):
+            gpu = eplb_ext.rebalance_experts(x.cuda(), 288, 9, 8, 4, algo, active_ranks=active, fixed_width=fixed)
+            assert all(t.is_cuda for t in gpu)
+            want = cpu if not fixed else eplb_ext.rebalance_experts(x, 288, 9, 8, 4, algo, active_ranks=mask, fixed_width=True)
+            assert_same(want, gpu)
 
 
 def test_non_default_stream():

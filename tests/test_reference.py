@@ -7,7 +7,7 @@ oracle that the compiled implementation is tested against.
 
 import pytest
 import torch
-from helpers import ALGORITHMS, GOLDEN_MISSING, OUTPUT_NAMES, golden_case_names, load_golden_cases
+from helpers import ALGORITHMS, DTYPES, GOLDEN_MISSING, OUTPUT_NAMES, golden_case_names, load_golden_cases
 
 from eplb_ext import reference
 
@@ -63,13 +63,7 @@ def test_empty_batch(algorithm):
     assert tuple(out[0].shape) == (0, P)
     assert tuple(out[1].shape) == (0, E, width)
     assert tuple(out[2].shape) == (0, E)
-    expected_dtypes = {
-        "deepseek": (torch.int64,) * 3,
-        "deepseek_hierarchical": (torch.int64,) * 3,
-        "deepseek_vec": (torch.int32,) * 3,
-        "deepseek_vec_hierarchical": (torch.int64, torch.int32, torch.int32),
-    }[algorithm]
-    assert tuple(o.dtype for o in out) == expected_dtypes
+    assert tuple(o.dtype for o in out) == DTYPES[algorithm]
 
 
 @pytest.mark.parametrize("algorithm", ALGORITHMS)
