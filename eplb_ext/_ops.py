@@ -86,3 +86,14 @@ def _deepseek_vec_fake(tokens: Tensor, P: int, k: int, C: int, N: int) -> Tuple[
     _, L, E = tokens.shape
     i32 = torch.int32
     return _index(tokens, L, P, dtype=i32), _index(tokens, L, E, P - E + 1, dtype=i32), _index(tokens, L, E, dtype=i32)
+
+
+@torch.library.register_fake("eplb_ext::migrate")
+def _migrate_fake(
+    tokens: Tensor, phy2log: Tensor, phy_rank: Tensor, previous: Tensor, active: Tensor,
+    k: int, C: int, N: int, max_moves: int, min_improvement: float,
+) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    torch._check(tokens.dim() == 3, lambda: "tokens_per_expert must be 3-D")
+    _, L, E = tokens.shape
+    P = phy2log.shape[1]
+    return _index(tokens, L, P), _index(tokens, L, P), _index(tokens, L, E), _index(tokens, L, 3)

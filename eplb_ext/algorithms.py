@@ -9,7 +9,7 @@ from typing import Optional, Tuple, Union
 import torch
 from torch import Tensor
 
-from . import _ops
+from . import _ops, migration
 from ._validate import check_int, check_load_values, check_loads
 
 
@@ -84,6 +84,9 @@ def rebalance_experts(
     *,
     fixed_width: bool = False,
     check_values: bool = True,
+    previous_physical_to_logical_map: Optional[Tensor] = None,
+    max_moves: Optional[int] = None,
+    min_improvement: float = 0.0,
 ) -> Tuple[Tensor, Tensor, Tensor]:
     """Places experts on GPUs.
 
@@ -105,6 +108,14 @@ def rebalance_experts(
             synchronises and can be captured in a CUDA graph; bad loads then
             give an unspecified (but in-bounds) placement. CPU tensors are
             always checked, in C++, at no extra cost.
+        previous_physical_to_logical_map: the placement Q being served,
+            int32/int64 ``[L, P]`` on the loads' device, -1 for an empty
+            slot. The result is then relabeled for the fewest moves (see
+            ``eplb_ext.migration``).
+        max_moves: with Q, change Q itself by at most this many moves per
+            layer instead (incremental rebalancing).
+        min_improvement: with Q, keep Q for layers whose balancedness would
+            improve by less than this (in [0, 1]).
 
     Returns:
         ``(physical_to_logical_map [L, P], logical_to_physical_map [L, E, X],
@@ -148,12 +159,16 @@ def rebalance_experts(
             raise TypeError(f"{flag} must be a bool, got {type(value).__name__}")
     if check_values and tokens.device.type != "cpu":
         check_load_values("tokens_per_expert", tokens)
+    plan = migration.check_options(
+        previous_physical_to_logical_map, max_moves, min_improvement, num_layers=tokens.shape[1],
+        num_experts=num_experts, num_physical_experts=P, device=tokens.device, check_values=check_values,
+    )
 
     if algo.step_aware:
         phy2log, log2phy, logcnt = _ops.call(_ops.ops.deepseek_vec, tokens, P, k, C, N)
         if algo is EplbAlgorithm.deepseek_vec_hierarchical:
             phy2log = phy2log.to(torch.int64)
-        return phy2log, log2phy, logcnt
+        return migration.apply_previous((phy2log, log2phy, logcnt), tokens, plan, k, C, N, largest_count_width=False)
 
     phy2log, phy_rank, logcnt = _ops.call(_ops.ops.deepseek, tokens, P, k, C, N)
     if fixed_width:
@@ -163,4 +178,6 @@ def rebalance_experts(
         # replica count of the batch (0 for an empty batch).
         width = int(logcnt.max()) if logcnt.numel() > 0 else 0
     log2phy = _ops.ops.logical_to_physical(phy2log, phy_rank, num_experts, width)
-    return phy2log, log2phy, logcnt
+    return migration.apply_previous(
+        (phy2log, log2phy, logcnt), tokens, plan, k, C, N, largest_count_width=not fixed_width
+    )

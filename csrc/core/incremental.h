@@ -1,0 +1,237 @@
+// Incremental rebalancing (SPEC "Incremental rebalancing"): start from Q and
+// change it, at most M moves away from Q, to lower the largest GPU load.
+//
+// The search, for one layer whose Q holds every expert in full slots (all
+// GPUs active; hierarchical: groups whole on their nodes):
+//
+//  1. State: the placement (initially Q), replica counts, per-replica loads
+//     rep[e] = w[e] / count[e] and GPU loads (float64, each GPU's slots added
+//     in ascending order, recomputed from scratch after every change, so
+//     they are exactly the loads SPEC defines), and moves(placement, Q).
+//  2. Objective: Phi = sum over GPUs of max(0, (l_g - mean) / (max - mean))^8,
+//     max taken at the start of the step. Only the hottest GPUs weigh (a GPU
+//     halfway between mean and max weighs 1/256 of the hottest), yet unlike
+//     the plain maximum it rewards relieving any of several near-tied GPUs,
+//     so greedy steps do not stall on plateaus. Powers and one reciprocal
+//     only: no transcendental function, so CPU and GPU round alike.
+//  3. Each step takes g = the hottest GPU (lowest index on ties) and scores
+//     every candidate that relieves it, in this order:
+//       a. swap a slot of g with a slot of another GPU (the same node for the
+//          hierarchical variants) that holds a different expert with a
+//          smaller per-replica load;
+//       b. give a slot (any GPU of g's node) whose expert has >= 2 replicas
+//          to an expert held by g: every GPU holding that expert is relieved;
+//       c. give a slot of g whose expert has >= 2 replicas to any other
+//          expert of g's node.
+//     Within a kind, slots and experts are visited in ascending index; a
+//     GPU's second copy of an expert is skipped (it gives the same change).
+//     A candidate is admissible if it lowers Phi and keeps moves <= M. The
+//     step applies the best one: first those that cost no move (cost =
+//     change of moves(placement, Q), so undoing an earlier change is free or
+//     refunds), by the largest drop of Phi; otherwise the largest drop of Phi
+//     per move. Strictly better only replaces the incumbent, so the first
+//     candidate in the order above wins ties.
+//  4. Stop when no candidate is admissible, the layer is perfectly balanced,
+//     or after 2 M + 8 steps. The result is the most balanced placement seen
+//     (balancedness strictly higher replaces it), Q included, so it is never
+//     less balanced than Q.
+#pragma once
+
+#include "relabel.h"
+
+namespace eplb {
+
+struct Search {
+  MigrateDims d;
+  MigrateScratch& s;
+  bool hier;
+  int32_t gpn;  // GPUs per node (G when not hierarchical)
+  int32_t moves;
+  double mean, inv;
+
+  EPLB_HD int32_t node(int32_t g) const { return hier ? g / gpn : 0; }
+
+  EPLB_HD double phi(double l) const {
+    const double y = (l - mean) * inv;
+    if (!(y > 0.0)) return 0.0;
+    const double y2 = y * y;
+    const double y4 = y2 * y2;
+    return y4 * y4;
+  }
+
+  // Lists, counts, loads, first-copy flags and moves of s.cur; returns the
+  // balancedness.
+  EPLB_HD double refresh() {
+    for (int32_t e = 0; e < d.E; ++e) s.head[e] = -1;
+    for (int32_t p = d.P - 1; p >= 0; --p) {
+      s.nxt[p] = s.head[s.cur[p]];
+      s.head[s.cur[p]] = p;
+    }
+    for (int32_t g = 0; g < d.G; ++g) {
+      const int32_t tag = s.tag++;
+      for (int32_t j = 0; j < d.k; ++j) {
+        const int32_t e = s.cur[g * d.k + j];
+        s.uniq[g * d.k + j] = s.stamp[e] != tag;
+        s.stamp[e] = tag;
+      }
+    }
+    moves = count_moves(d, s, s.cur, d.G);
+    return balancedness_of(d, s, s.cur, d.G);
+  }
+
+  EPLB_HD bool novel(int32_t g, int32_t e) const {
+    const int64_t i = (int64_t)g * d.E + e;
+    return s.gcnt[i] == 0 && s.qcnt[i] == 0;
+  }
+  EPLB_HD bool last_new(int32_t g, int32_t e) const {
+    const int64_t i = (int64_t)g * d.E + e;
+    return s.gcnt[i] == 1 && s.qcnt[i] == 0;
+  }
+
+  // Phi change of "slot t gets expert x" (its expert y keeps >= 1 replica).
+  EPLB_HD double eval_give(int32_t t, int32_t x) {
+    const int32_t h = t / d.k, y = s.cur[t];
+    const double nx = s.w[x] / (double)(s.cnt[x] + 1);
+    const double ny = s.w[y] / (double)(s.cnt[y] - 1);
+    int32_t n = 0;
+    s.touched[n++] = h;
+    s.dl[h] = nx - s.rep[y];
+    for (int32_t p = s.head[x]; p >= 0; p = s.nxt[p]) add(p / d.k, nx - s.rep[x], n);
+    for (int32_t p = s.head[y]; p >= 0; p = s.nxt[p]) {
+      if (p != t) add(p / d.k, ny - s.rep[y], n);
+    }
+    double dphi = 0.0;
+    for (int32_t i = 0; i < n; ++i) {
+      const int32_t g = s.touched[i];
+      dphi = dphi + (phi(s.load[g] + s.dl[g]) - s.phi0[g]);
+      s.dl[g] = 0.0;
+      s.on[g] &= 1;  // clears the "touched" bit (bit 1)
+    }
+    return dphi;
+  }
+
+  // s.on's bit 1 marks GPUs already in the touched list (bit 0: active).
+  EPLB_HD void add(int32_t g, double delta, int32_t& n) {
+    if (!(s.on[g] & 2) && g != s.touched[0]) {
+      s.on[g] |= 2;
+      s.touched[n++] = g;
+    }
+    s.dl[g] = s.dl[g] + delta;
+  }
+
+  EPLB_HD int32_t give_cost(int32_t t, int32_t x) const {
+    const int32_t h = t / d.k;
+    return (int32_t)novel(h, x) - (int32_t)last_new(h, s.cur[t]);
+  }
+};
+
+struct Pick {
+  int32_t kind;  // -1 none, 0 swap slots (a, b), 1 slot b gets expert a
+  int32_t a, b, cost;
+  double dphi;
+
+  // Free candidates first by drop; then drop per move.
+  EPLB_HD bool worse_than(int32_t c, double dp) const {
+    if (kind < 0) return true;
+    const bool paid = c > 0, mine = cost > 0;
+    if (paid != mine) return mine;
+    return paid ? dp / (double)c < dphi / (double)cost : dp < dphi;
+  }
+  EPLB_HD void offer(int32_t k, int32_t x, int32_t y, int32_t c, double dp) {
+    if (worse_than(c, dp)) kind = k, a = x, b = y, cost = c, dphi = dp;
+  }
+};
+
+EPLB_HD Pick search_step(Search& z, int32_t g, int32_t M) {
+  const MigrateDims d = z.d;
+  MigrateScratch& s = z.s;
+  const int32_t k = d.k, n = z.node(g);
+  const int32_t lo = z.hier ? n * z.gpn * k : 0, hi = z.hier ? (n + 1) * z.gpn * k : d.P;
+  Pick best{-1, 0, 0, 0, 0.0};
+  // a. swaps
+  for (int32_t i = g * k; i < (g + 1) * k; ++i) {
+    if (!s.uniq[i]) continue;
+    const int32_t e = s.cur[i];
+    for (int32_t t = lo; t < hi; ++t) {
+      const int32_t h = t / k, f = s.cur[t];
+      if (h == g || !s.uniq[t] || f == e || !(s.rep[f] < s.rep[e])) continue;
+      const double delta = s.rep[e] - s.rep[f];
+      const double dp = (z.phi(s.load[g] - delta) - s.phi0[g]) + (z.phi(s.load[h] + delta) - s.phi0[h]);
+      if (!(dp < 0.0)) continue;
+      const int32_t c = (int32_t)z.novel(h, e) + (int32_t)z.novel(g, f) - (int32_t)z.last_new(g, e) -
+                        (int32_t)z.last_new(h, f);
+      if (z.moves + c > M) continue;
+      best.offer(0, i, t, c, dp);
+    }
+  }
+  // b. another replica for an expert of g
+  for (int32_t i = g * k; i < (g + 1) * k; ++i) {
+    if (!s.uniq[i]) continue;
+    const int32_t e = s.cur[i];
+    for (int32_t t = lo; t < hi; ++t) {
+      const int32_t f = s.cur[t];
+      if (!s.uniq[t] || f == e || s.cnt[f] < 2) continue;
+      const int32_t c = z.give_cost(t, e);
+      if (z.moves + c > M) continue;
+      const double dp = z.eval_give(t, e);
+      if (dp < 0.0) best.offer(1, e, t, c, dp);
+    }
+  }
+  // c. a replica of g to another expert
+  for (int32_t i = g * k; i < (g + 1) * k; ++i) {
+    const int32_t e = s.cur[i];
+    if (!s.uniq[i] || s.cnt[e] < 2) continue;
+    for (int32_t x = 0; x < d.E; ++x) {
+      if (x == e || (z.hier && s.home[x] != n)) continue;
+      const int32_t c = z.give_cost(i, x);
+      if (z.moves + c > M) continue;
+      const double dp = z.eval_give(i, x);
+      if (dp < 0.0) best.offer(1, x, i, c, dp);
+    }
+  }
+  return best;
+}
+
+// Runs the search from s.q (which must hold every expert in full slots,
+// all GPUs active, s.qcnt and s.home filled); leaves the result in s.best and
+// returns its balancedness.
+EPLB_HD double incremental_search(MigrateDims d, MigrateScratch& s, bool hier, int32_t M) {
+  Search z{d, s, hier, hier ? d.G / d.N : d.G, 0, 0.0, 0.0};
+  for (int32_t p = 0; p < d.P; ++p) s.cur[p] = s.best[p] = s.q[p];
+  for (int64_t i = 0; i < (int64_t)d.G * d.E; ++i) s.gcnt[i] = s.qcnt[i];
+  for (int32_t g = 0; g < d.G; ++g) s.dl[g] = 0.0, s.on[g] = 1;
+  double best_bal = z.refresh();
+  double total = 0.0;
+  for (int32_t g = 0; g < d.G; ++g) total = total + s.load[g];
+  z.mean = total / (double)d.G;
+  const int64_t max_steps = 2 * (int64_t)M + 8;
+  for (int64_t step = 0; step < max_steps; ++step) {
+    int32_t g = 0;
+    for (int32_t x = 1; x < d.G; ++x) g = s.load[x] > s.load[g] ? x : g;
+    const double span = s.load[g] - z.mean;
+    if (!(span > 0.0)) break;
+    z.inv = 1.0 / span;
+    for (int32_t x = 0; x < d.G; ++x) s.phi0[x] = z.phi(s.load[x]);
+    const Pick pk = search_step(z, g, M);
+    if (pk.kind < 0) break;
+    const int32_t k = d.k;
+    if (pk.kind == 0) {
+      const int32_t e = s.cur[pk.a], f = s.cur[pk.b], ga = pk.a / k, gb = pk.b / k;
+      s.gcnt[(int64_t)ga * d.E + e] -= 1, s.gcnt[(int64_t)gb * d.E + e] += 1;
+      s.gcnt[(int64_t)gb * d.E + f] -= 1, s.gcnt[(int64_t)ga * d.E + f] += 1;
+      s.cur[pk.a] = f, s.cur[pk.b] = e;
+    } else {
+      const int32_t h = pk.b / k;
+      s.gcnt[(int64_t)h * d.E + s.cur[pk.b]] -= 1, s.gcnt[(int64_t)h * d.E + pk.a] += 1;
+      s.cur[pk.b] = pk.a;
+    }
+    const double bal = z.refresh();
+    if (bal > best_bal) {
+      best_bal = bal;
+      for (int32_t p = 0; p < d.P; ++p) s.best[p] = s.cur[p];
+    }
+  }
+  return best_bal;
+}
+
+}  // namespace eplb
