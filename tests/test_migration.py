@@ -303,3 +303,18 @@ def test_deterministic_across_runs_and_threads():
     for r in results[2:]:
         ref = results[0] if r[1].dtype == results[0][1].dtype else results[1]
         assert all(torch.equal(a, b) for a, b in zip(r, ref))
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (none present)")
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+def test_cuda_matches_cpu(algorithm):
+    E, P, k, C, N = 64, 80, 5, 8, 2
+    old = loads(6, E, 71, S=3)
+    new = drift(old, 0.3, 72)
+    prev = rebalance(old, P, k, C, N, algorithm)[0]
+    for kwargs in (dict(), dict(max_moves=5), dict(max_moves=7, min_improvement=0.01)):
+        cpu = rebalance(new, P, k, C, N, algorithm, previous_physical_to_logical_map=prev, **kwargs)
+        gpu = rebalance(new.cuda(), P, k, C, N, algorithm, previous_physical_to_logical_map=prev.cuda(), **kwargs)
+        for a, b in zip(cpu, gpu):
+            assert b.is_cuda and a.dtype == b.dtype and torch.equal(a, b.cpu())
