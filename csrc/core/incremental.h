@@ -15,22 +15,27 @@
 //     so greedy steps do not stall on plateaus. Powers and one reciprocal
 //     only: no transcendental function, so CPU and GPU round alike.
 //  3. Each step takes g = the hottest GPU (lowest index on ties) and scores
-//     every candidate that relieves it, in this order:
-//       a. swap a slot of g with a slot of another GPU (the same node for the
-//          hierarchical variants) that holds a different expert with a
-//          smaller per-replica load;
-//       b. give a slot (any GPU of g's node) whose expert has >= 2 replicas
-//          to an expert held by g: every GPU holding that expert is relieved;
-//       c. give a slot of g whose expert has >= 2 replicas to any other
-//          expert of g's node.
-//     Within a kind, slots and experts are visited in ascending index; a
-//     GPU's second copy of an expert is skipped (it gives the same change).
-//     A candidate is admissible if it lowers Phi and keeps moves <= M. The
-//     step applies the best one: first those that cost no move (cost =
-//     change of moves(placement, Q), so undoing an earlier change is free or
-//     refunds), by the largest drop of Phi; otherwise the largest drop of Phi
-//     per move. Strictly better only replaces the incumbent, so the first
-//     candidate in the order above wins ties.
+//     the changes that relieve it, in this order:
+//       a. swaps of a slot of g with a slot of another GPU h (the same node
+//          for the hierarchical variants) holding another expert: only g
+//          and h change, so (Phi being convex) the swap helps exactly when
+//          the load it carries is in (0, gap) and most at half the gap;
+//          for each h and each move cost only the swap closest to half the
+//          gap is scored (first in slot order on ties);
+//       b. giving a slot whose expert has >= 2 replicas (any GPU of g's
+//          node) to an expert that g holds: every GPU holding that expert is
+//          relieved at once, which is what pays when the drift sits in a few
+//          hot experts. Candidates that an upper bound on their drop (the
+//          drops of the relieved GPUs each taken alone) shows cannot win are
+//          not evaluated.
+//     Slots and experts are visited in ascending index; a GPU's second copy
+//     of an expert is skipped (it gives the same change). A candidate is
+//     admissible if it lowers Phi and keeps moves <= M. The step applies the
+//     best one: first those that cost no move (cost = change of
+//     moves(placement, Q), so undoing an earlier change is free or refunds),
+//     by the largest drop of Phi; otherwise the largest drop of Phi per move.
+//     Only a strictly better candidate replaces the incumbent, so the first
+//     in the order above wins ties.
 //  4. Stop when no candidate is admissible, the layer is perfectly balanced,
 //     or after 2 M + 8 steps. The result is the most balanced placement seen
 //     (balancedness strictly higher replaces it), Q included, so it is never
@@ -146,47 +151,74 @@ EPLB_HD Pick search_step(Search& z, int32_t g, int32_t M) {
   const MigrateDims d = z.d;
   MigrateScratch& s = z.s;
   const int32_t k = d.k, n = z.node(g);
-  const int32_t lo = z.hier ? n * z.gpn * k : 0, hi = z.hier ? (n + 1) * z.gpn * k : d.P;
+  const int32_t h0 = z.hier ? n * z.gpn : 0, h1 = z.hier ? (n + 1) * z.gpn : d.G;
   Pick best{-1, 0, 0, 0, 0.0};
-  // a. swaps
-  for (int32_t i = g * k; i < (g + 1) * k; ++i) {
-    if (!s.uniq[i]) continue;
-    const int32_t e = s.cur[i];
-    for (int32_t t = lo; t < hi; ++t) {
-      const int32_t h = t / k, f = s.cur[t];
-      if (h == g || !s.uniq[t] || f == e || !(s.rep[f] < s.rep[e])) continue;
-      const double delta = s.rep[e] - s.rep[f];
+  // a. swaps with each GPU h. Only g and h change and their sum stays; Phi
+  // is convex, so the pair improves exactly when the transfer d is in
+  // (0, gap), most when d is half the gap, and equally at the same distance
+  // from it. Per move cost (-2 .. 2), only the closest transfer is scored.
+  for (int32_t h = h0; h < h1; ++h) {
+    const double gap = s.load[g] - s.load[h];
+    if (h == g || !(gap > 0.0)) continue;
+    const double mid = (s.load[g] + s.load[h]) / 2.0;
+    if (!best.worse_than(0, (z.phi(mid) + z.phi(mid)) - (s.phi0[g] + s.phi0[h]))) continue;
+    const double half = gap / 2.0;
+    double key[5];
+    int32_t ks[5], kt[5];
+    for (int32_t c = 0; c < 5; ++c) ks[c] = -1, key[c] = 0.0;
+    for (int32_t i = g * k; i < (g + 1) * k; ++i) {
+      if (!s.uniq[i]) continue;
+      const int32_t e = s.cur[i];
+      const double a = s.rep[e];
+      for (int32_t t = h * k; t < (h + 1) * k; ++t) {
+        const int32_t f = s.cur[t];
+        const double delta = a - s.rep[f];
+        if (!s.uniq[t] || f == e || !(delta > 0.0) || !(delta < gap)) continue;
+        const double dist = delta < half ? half - delta : delta - half;
+        const int32_t c = (int32_t)z.novel(h, e) + (int32_t)z.novel(g, f) -
+                          (int32_t)z.last_new(g, e) - (int32_t)z.last_new(h, f);
+        if (z.moves + c > M || (ks[c + 2] >= 0 && !(dist < key[c + 2]))) continue;
+        ks[c + 2] = i, kt[c + 2] = t, key[c + 2] = dist;
+      }
+    }
+    for (int32_t c = 0; c < 5; ++c) {
+      if (ks[c] < 0) continue;
+      const double delta = s.rep[s.cur[ks[c]]] - s.rep[s.cur[kt[c]]];
       const double dp = (z.phi(s.load[g] - delta) - s.phi0[g]) + (z.phi(s.load[h] + delta) - s.phi0[h]);
-      if (!(dp < 0.0)) continue;
-      const int32_t c = (int32_t)z.novel(h, e) + (int32_t)z.novel(g, f) - (int32_t)z.last_new(g, e) -
-                        (int32_t)z.last_new(h, f);
-      if (z.moves + c > M) continue;
-      best.offer(0, i, t, c, dp);
+      if (dp < 0.0) best.offer(0, ks[c], kt[c], c - 2, dp);
     }
   }
-  // b. another replica for an expert of g
+  // b. a slot whose expert has >= 2 replicas (a donor) goes to an expert of
+  // g. relief is the drop of Phi over e's holders if e had one more
+  // replica; a candidate's drop is at most relief plus the drop at the
+  // donor's GPU, each taken alone (Phi is convex and nondecreasing): a bound
+  // that skips most candidates unevaluated.
+  int32_t nd = 0;
+  for (int32_t t = h0 * k; t < h1 * k; ++t) {
+    if (s.uniq[t] && s.cnt[s.cur[t]] >= 2) s.donor[nd++] = t;
+  }
+  if (nd == 0) return best;
   for (int32_t i = g * k; i < (g + 1) * k; ++i) {
     if (!s.uniq[i]) continue;
     const int32_t e = s.cur[i];
-    for (int32_t t = lo; t < hi; ++t) {
-      const int32_t f = s.cur[t];
-      if (!s.uniq[t] || f == e || s.cnt[f] < 2) continue;
+    const double ne = s.w[e] / (double)(s.cnt[e] + 1);
+    double relief = 0.0;
+    for (int32_t p = s.head[e]; p >= 0; p = s.nxt[p]) {
+      const int32_t y = p / k;
+      if (!s.uniq[p] || !(s.phi0[y] > 0.0)) continue;
+      const double n_y = (double)s.gcnt[(int64_t)y * d.E + e];
+      relief = relief + (s.phi0[y] - z.phi(s.load[y] + n_y * (ne - s.rep[e])));
+    }
+    for (int32_t j = 0; j < nd; ++j) {
+      const int32_t t = s.donor[j], h = t / k, f = s.cur[t];
+      if (f == e) continue;
       const int32_t c = z.give_cost(t, e);
-      if (z.moves + c > M) continue;
+      if (z.moves + c > M || !best.worse_than(c, -relief - s.phi0[h])) continue;
+      double bound = -relief;
+      if (ne < s.rep[f]) bound = bound + (z.phi(s.load[h] + (ne - s.rep[f])) - s.phi0[h]);
+      if (!best.worse_than(c, bound)) continue;
       const double dp = z.eval_give(t, e);
       if (dp < 0.0) best.offer(1, e, t, c, dp);
-    }
-  }
-  // c. a replica of g to another expert
-  for (int32_t i = g * k; i < (g + 1) * k; ++i) {
-    const int32_t e = s.cur[i];
-    if (!s.uniq[i] || s.cnt[e] < 2) continue;
-    for (int32_t x = 0; x < d.E; ++x) {
-      if (x == e || (z.hier && s.home[x] != n)) continue;
-      const int32_t c = z.give_cost(i, x);
-      if (z.moves + c > M) continue;
-      const double dp = z.eval_give(i, x);
-      if (dp < 0.0) best.offer(1, x, i, c, dp);
     }
   }
   return best;

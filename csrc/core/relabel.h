@@ -44,6 +44,7 @@ struct MigrateScratch {
   int32_t* cur;      // P      the search's placement
   int32_t* best;     // P      the best placement the search has seen
   int32_t* nxt;      // P      next slot of the same expert (search)
+  int32_t* donor;    // P      slots whose expert has >= 2 replicas (search)
   uint8_t* uniq;     // P      first slot of its expert on its GPU (search)
   int32_t* head;     // E      first slot of each expert (search)
   int32_t* cnt;      // E      replica counts
@@ -83,6 +84,7 @@ EPLB_HD int64_t migrate_scratch(MigrateDims d, void* buf, MigrateScratch* out) {
   s.cur = c.take<int32_t>(P);
   s.best = c.take<int32_t>(P);
   s.nxt = c.take<int32_t>(P);
+  s.donor = c.take<int32_t>(P);
   s.uniq = c.take<uint8_t>(P);
   s.head = c.take<int32_t>(E);
   s.cnt = c.take<int32_t>(E);
