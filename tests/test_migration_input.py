@@ -140,3 +140,26 @@ def test_moves_definition():
         metrics.moves(old, old[:, :2], 1)
     with _raises(TypeError, "previous"):
         metrics.moves(old.float(), old, 2)
+
+
+@pytest.mark.parametrize("max_moves,gain,active", [(-1, 0.0, None), (4, 0.0, None), (3, 0.05, None),
+                                                   (2, 0.0, torch.tensor([1, 1, 0, 1, 1, 1, 1, 1], dtype=torch.uint8))])
+def test_opcheck_migrate(max_moves, gain, active):
+    p2l, rank, _ = ops.deepseek(TOKENS, P, k, C, N)
+    prev = torch.roll(p2l, 4, dims=1)
+    act = torch.empty(0, dtype=torch.uint8) if active is None else active
+    result = torch.library.opcheck(ops.migrate, (TOKENS, p2l, rank, prev, act, k, C, N, max_moves, gain))
+    assert all(v == "SUCCESS" for v in result.values()), result
+
+
+def test_compile_with_previous():
+    torch._dynamo.reset()
+
+    def f(t, prev):
+        p2l, rank, _ = ops.deepseek(t, P, k, C, N)
+        return ops.migrate(t, p2l, rank, prev, torch.empty(0, dtype=torch.uint8), k, C, N, 3, 0.0)
+
+    compiled = torch.compile(f, backend="aot_eager", fullgraph=True)
+    prev = GOOD.clone()
+    for a, b in zip(compiled(TOKENS, prev), f(TOKENS, prev)):
+        assert torch.equal(a, b)
