@@ -179,5 +179,5 @@ def rebalance_experts(
         width = int(logcnt.max()) if logcnt.numel() > 0 else 0
     log2phy = _ops.ops.logical_to_physical(phy2log, phy_rank, num_experts, width)
     return migration.apply_previous(
-        (phy2log, log2phy, logcnt), tokens, plan, k, C, N, largest_count_width=not fixed_width
+        (phy2log, log2phy, logcnt), tokens, plan, k, C, N, largest_count_width=not fixed_width, ranks=phy_rank
     )

@@ -130,6 +130,7 @@ def migrate(
     *,
     largest_count_width: bool,
     active: Optional[Tensor] = None,
+    ranks: Optional[Tensor] = None,
 ) -> Tuple[Tuple[Tensor, Tensor, Tensor], Tensor]:
     """Places a variant's fresh ``outputs`` against ``plan.previous``.
 
@@ -141,6 +142,8 @@ def migrate(
         largest_count_width: the variant's X is its largest count (recomputed
             after the changes, one host read); else X stays as it is.
         active: GPUs alive, ``[G]`` 0/1 or bool, None for all.
+        ranks: each slot's replica rank ``[L, P]`` if the variant has it
+            (else derived from log2phy).
 
     Returns the outputs (same dtypes and device) and ``info`` int64 ``[L, 3]``:
     outcome (RELABELED, SEARCHED or KEPT), moves of the relabeled fresh
@@ -150,7 +153,7 @@ def migrate(
     L, P = phy2log.shape
     E = log2phy.shape[1]
     k = num_local_physical_experts
-    ranks = replica_ranks(log2phy, P)
+    ranks = replica_ranks(log2phy, P) if ranks is None else ranks.to(torch.int64).contiguous()
     act = _active_tensor(active, P // k, tokens.device)
     new_p2l, new_rank, count, info = _ops.call(
         _ops.ops.migrate, tokens, phy2log.to(torch.int64).contiguous(), ranks, plan.previous, act,
@@ -175,9 +178,10 @@ def apply_previous(
     *,
     largest_count_width: bool,
     active: Optional[Tensor] = None,
+    ranks: Optional[Tensor] = None,
 ) -> Tuple[Tensor, Tensor, Tensor]:
     """``outputs`` unchanged without a plan, else ``migrate``'s outputs."""
     if plan is None:
         return outputs
     return migrate(outputs, tokens, plan, num_local_physical_experts, num_groups, num_nodes,
-                   largest_count_width=largest_count_width, active=active)[0]
+                   largest_count_width=largest_count_width, active=active, ranks=ranks)[0]
