@@ -84,13 +84,13 @@ struct Search {
     return balancedness_of(d, s, s.cur, d.G);
   }
 
+  // gcnt holds 2 x (copies of e on g) + (Q had e on g): one read tells
+  // whether g gaining e is a move (0) or losing a copy refunds one (2).
   EPLB_HD bool novel(int32_t g, int32_t e) const {
-    const int64_t i = (int64_t)g * d.E + e;
-    return s.gcnt[i] == 0 && s.qcnt[i] == 0;
+    return s.gcnt[(int64_t)g * d.E + e] == 0;
   }
   EPLB_HD bool last_new(int32_t g, int32_t e) const {
-    const int64_t i = (int64_t)g * d.E + e;
-    return s.gcnt[i] == 1 && s.qcnt[i] == 0;
+    return s.gcnt[(int64_t)g * d.E + e] == 2;
   }
 
   // Phi change of "slot t gets expert x" (its expert y keeps >= 1 replica).
@@ -206,7 +206,7 @@ EPLB_HD Pick search_step(Search& z, int32_t g, int32_t M) {
     for (int32_t p = s.head[e]; p >= 0; p = s.nxt[p]) {
       const int32_t y = p / k;
       if (!s.uniq[p] || !(s.phi0[y] > 0.0)) continue;
-      const double n_y = (double)s.gcnt[(int64_t)y * d.E + e];
+      const double n_y = (double)(s.gcnt[(int64_t)y * d.E + e] >> 1);
       relief = relief + (s.phi0[y] - z.phi(s.load[y] + n_y * (ne - s.rep[e])));
     }
     for (int32_t j = 0; j < nd; ++j) {
@@ -230,7 +230,7 @@ EPLB_HD Pick search_step(Search& z, int32_t g, int32_t M) {
 EPLB_HD double incremental_search(MigrateDims d, MigrateScratch& s, bool hier, int32_t M) {
   Search z{d, s, hier, hier ? d.G / d.N : d.G, 0, 0.0, 0.0};
   for (int32_t p = 0; p < d.P; ++p) s.cur[p] = s.best[p] = s.q[p];
-  for (int64_t i = 0; i < (int64_t)d.G * d.E; ++i) s.gcnt[i] = s.qcnt[i];
+  for (int64_t i = 0; i < (int64_t)d.G * d.E; ++i) s.gcnt[i] = 2 * s.qcnt[i] + (s.qcnt[i] > 0);
   for (int32_t g = 0; g < d.G; ++g) s.dl[g] = 0.0, s.on[g] = 1;
   double best_bal = z.refresh();
   double total = 0.0;
@@ -249,12 +249,12 @@ EPLB_HD double incremental_search(MigrateDims d, MigrateScratch& s, bool hier, i
     const int32_t k = d.k;
     if (pk.kind == 0) {
       const int32_t e = s.cur[pk.a], f = s.cur[pk.b], ga = pk.a / k, gb = pk.b / k;
-      s.gcnt[(int64_t)ga * d.E + e] -= 1, s.gcnt[(int64_t)gb * d.E + e] += 1;
-      s.gcnt[(int64_t)gb * d.E + f] -= 1, s.gcnt[(int64_t)ga * d.E + f] += 1;
+      s.gcnt[(int64_t)ga * d.E + e] -= 2, s.gcnt[(int64_t)gb * d.E + e] += 2;
+      s.gcnt[(int64_t)gb * d.E + f] -= 2, s.gcnt[(int64_t)ga * d.E + f] += 2;
       s.cur[pk.a] = f, s.cur[pk.b] = e;
     } else {
       const int32_t h = pk.b / k;
-      s.gcnt[(int64_t)h * d.E + s.cur[pk.b]] -= 1, s.gcnt[(int64_t)h * d.E + pk.a] += 1;
+      s.gcnt[(int64_t)h * d.E + s.cur[pk.b]] -= 2, s.gcnt[(int64_t)h * d.E + pk.a] += 2;
       s.cur[pk.b] = pk.a;
     }
     const double bal = z.refresh();

@@ -51,7 +51,7 @@ struct MigrateScratch {
   int32_t* stamp;    // E      "seen on this GPU" marks
   int32_t* home;     // E      node of each expert in Q
   int32_t* qcnt;     // G * E  copies of e on GPU g in Q
-  int32_t* gcnt;     // G * E  copies of e on GPU g in the search's placement
+  int32_t* gcnt;     // G * E  search state per (GPU, expert), incremental.h
   int32_t* overlap;  // G * G
   int64_t* cost;     // G * G  (also N * N)
   int32_t* perm;     // G      new GPU -> old position
