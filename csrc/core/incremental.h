@@ -38,10 +38,15 @@
 //     by the largest drop of Phi; otherwise the largest drop of Phi per move.
 //     Only a strictly better candidate replaces the incumbent, so the first
 //     in the order above wins ties.
-//  4. Stop when no candidate is admissible, the layer is perfectly balanced,
-//     or after 2 M + 8 steps. The result is the most balanced placement seen
-//     (balancedness strictly higher replaces it), Q included, so it is never
-//     less balanced than Q.
+//  4. When no candidate is admissible but moves were spent: a refund step,
+//     the swap (any two GPUs, within a node for the hierarchical variants)
+//     that gives moves back (cost < 0: an expert new on its GPU goes back
+//     out) and leaves both GPUs below the current maximum, raising Phi
+//     least; the next steps can spend the refund where it now pays more.
+//  5. Stop when nothing is admissible and no refund exists, the layer is
+//     perfectly balanced, or after 2 M + 8 steps. The result is the most
+//     balanced placement seen (balancedness strictly higher replaces it), Q
+//     included, so it is never less balanced than Q.
 #pragma once
 
 #include "relabel.h"
@@ -224,6 +229,33 @@ EPLB_HD Pick search_step(Search& z, int32_t g, int32_t M) {
   return best;
 }
 
+// When nothing is admissible and moves were spent: a swap that gives moves
+// back (cost < 0) and leaves both its GPUs below the current maximum, the one
+// that raises Phi least (first in slot order on ties). The next steps can
+// spend the refund where it now helps more.
+EPLB_HD Pick refund_step(Search& z, double peak) {
+  const MigrateDims d = z.d;
+  MigrateScratch& s = z.s;
+  const int32_t k = d.k;
+  Pick best{-1, 0, 0, 0, 0.0};
+  for (int32_t i = 0; i < d.P; ++i) {
+    const int32_t x = i / k, e = s.cur[i];
+    if (!s.uniq[i] || !z.last_new(x, e)) continue;
+    const int32_t lo = z.hier ? z.node(x) * z.gpn * k : 0, hi = z.hier ? lo + z.gpn * k : d.P;
+    for (int32_t t = lo; t < hi; ++t) {
+      const int32_t y = t / k, f = s.cur[t];
+      if (y == x || !s.uniq[t] || f == e) continue;
+      const int32_t c = (int32_t)z.novel(y, e) + (int32_t)z.novel(x, f) - 1 - (int32_t)z.last_new(y, f);
+      if (c >= 0) continue;
+      const double lx = s.load[x] - s.rep[e] + s.rep[f], ly = s.load[y] + s.rep[e] - s.rep[f];
+      if (!(lx < peak) || !(ly < peak)) continue;
+      const double dp = (z.phi(lx) - s.phi0[x]) + (z.phi(ly) - s.phi0[y]);
+      if (best.kind < 0 || dp < best.dphi) best = Pick{0, i, t, c, dp};
+    }
+  }
+  return best;
+}
+
 // Runs the search from s.q (which must hold every expert in full slots,
 // all GPUs active, s.qcnt and s.home filled); leaves the result in s.best and
 // returns its balancedness.
@@ -244,7 +276,8 @@ EPLB_HD double incremental_search(MigrateDims d, MigrateScratch& s, bool hier, i
     if (!(span > 0.0)) break;
     z.inv = 1.0 / span;
     for (int32_t x = 0; x < d.G; ++x) s.phi0[x] = z.phi(s.load[x]);
-    const Pick pk = search_step(z, g, M);
+    Pick pk = search_step(z, g, M);
+    if (pk.kind < 0 && z.moves > 0) pk = refund_step(z, s.load[g]);
     if (pk.kind < 0) break;
     const int32_t k = d.k;
     if (pk.kind == 0) {
