@@ -123,9 +123,7 @@ def _deepseek_vec_fake(tokens: Tensor, P: int, k: int, C: int, N: int) -> Tuple[
     return _index(tokens, L, P, dtype=i32), _index(tokens, L, E, P - E + 1, dtype=i32), _index(tokens, L, E, dtype=i32)
 
 
-def logical_to_physical_counted(phy2log: Tensor, phy_rank: Tensor, logcnt: Tensor, num_logical_experts: int) -> Tensor:
-    """``logical_to_physical_map`` at the width of the largest replica count
-    of the batch (0 for an empty batch): one read of the counts on the host."""
+def _logical_to_physical_counted(phy2log: Tensor, phy_rank: Tensor, logcnt: Tensor, num_logical_experts: int) -> Tensor:
     width = int(logcnt.max()) if logcnt.numel() > 0 else 0
     return call(ops.logical_to_physical, phy2log, phy_rank, num_logical_experts, width)
 
@@ -135,7 +133,16 @@ def logical_to_physical_counted(phy2log: Tensor, phy_rank: Tensor, logcnt: Tenso
 # torch.compile(fullgraph=True) traces the default width without a break.
 _logical_to_physical_counted_op = torch.library.custom_op(
     "eplb_ext::logical_to_physical_counted", mutates_args=()
-)(logical_to_physical_counted)
+)(_logical_to_physical_counted)
+
+
+def logical_to_physical_counted(phy2log: Tensor, phy_rank: Tensor, logcnt: Tensor, num_logical_experts: int) -> Tensor:
+    """``logical_to_physical_map`` at the width of the largest replica count
+    of the batch (0 for an empty batch): one read of the counts on the host
+    (traced as an op of data-dependent width under torch.compile)."""
+    if torch.compiler.is_compiling():
+        return _logical_to_physical_counted_op(phy2log, phy_rank, logcnt, num_logical_experts)
+    return _logical_to_physical_counted(phy2log, phy_rank, logcnt, num_logical_experts)
 
 
 @_logical_to_physical_counted_op.register_fake
@@ -144,3 +151,14 @@ def _logical_to_physical_counted_fake(
 ) -> Tensor:
     width = torch.library.get_ctx().new_dynamic_size()
     return _index(phy2log, phy2log.shape[0], num_logical_experts, width)
+
+
+@torch.library.register_fake("eplb_ext::migrate")
+def _migrate_fake(
+    tokens: Tensor, phy2log: Tensor, phy_rank: Tensor, previous: Tensor, active: Tensor,
+    k: int, C: int, N: int, max_moves: int, min_improvement: float,
+) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    torch._check(phy2log.dim() == 2, lambda: "physical_to_logical_map must be 2-D")
+    P = phy2log.shape[1]
+    L, E = _check_placement(tokens, P, k, C, N)
+    return _index(tokens, L, P), _index(tokens, L, P), _index(tokens, L, E), _index(tokens, L, 3)

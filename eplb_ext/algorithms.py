@@ -9,7 +9,7 @@ from typing import Optional, Tuple, Union
 import torch
 from torch import Tensor
 
-from . import _ops, elasticity
+from . import _ops, elasticity, migration
 from ._validate import check_int, check_load_values, check_loads
 
 
@@ -96,6 +96,9 @@ def rebalance_experts(
     fixed_width: bool = False,
     check_values: bool = True,
     active_ranks: elasticity.ActiveRanks = None,
+    previous_physical_to_logical_map: Optional[Tensor] = None,
+    max_moves: Optional[int] = None,
+    min_improvement: float = 0.0,
 ) -> Tuple[Tensor, Tensor, Tensor]:
     """Places experts on GPUs.
 
@@ -122,6 +125,14 @@ def rebalance_experts(
             (any device) or a sequence of G bools / 0/1 ints; None means all.
             A tensor on a GPU is read once on the host (a synchronisation).
             Other variants accept only None or all GPUs active.
+        previous_physical_to_logical_map: the placement Q being served,
+            int32/int64 ``[L, P]`` on the loads' device, -1 for an empty
+            slot. The result is then relabeled for the fewest moves (see
+            ``eplb_ext.migration``).
+        max_moves: with Q, change Q itself by at most this many moves per
+            layer instead (incremental rebalancing).
+        min_improvement: with Q, keep Q for layers whose balancedness would
+            improve by less than this (in [0, 1]).
 
     Returns:
         ``(physical_to_logical_map [L, P], logical_to_physical_map [L, E, X],
@@ -182,21 +193,33 @@ def rebalance_experts(
             "which a meta tensor does not have; pass fixed_width=True for a width of "
             "num_physical_experts - num_experts + 1"
         )
+    plan = migration.check_options(
+        previous_physical_to_logical_map, max_moves, min_improvement, num_layers=tokens.shape[-2],
+        num_experts=num_experts, num_physical_experts=P, device=tokens.device, check_values=check_values,
+    )
     if active is not None:
-        return elasticity.place(tokens, P, k, active, fixed_width)
+        outputs = elasticity.place(tokens, P, k, active, fixed_width)
+        if plan is None:
+            return outputs
+        # Around failed GPUs the live GPUs are renumbered among themselves only.
+        mask = torch.zeros(G, dtype=torch.uint8)
+        mask[active] = 1
+        return migration.apply_previous(
+            outputs, tokens, plan, k, 1, 1, largest_count_width=not fixed_width, active=mask.to(tokens.device)
+        )
 
     if algo.step_aware:
         phy2log, log2phy, logcnt = _ops.call(_ops.ops.deepseek_vec, tokens, P, k, C, N)
         if algo is EplbAlgorithm.deepseek_vec_hierarchical:
             phy2log = phy2log.to(torch.int64)
-        return phy2log, log2phy, logcnt
+        return migration.apply_previous((phy2log, log2phy, logcnt), tokens, plan, k, C, N, largest_count_width=False)
 
     phy2log, phy_rank, logcnt = _ops.call(_ops.ops.deepseek, tokens, P, k, C, N)
     if fixed_width:
         log2phy = _ops.call(_ops.ops.logical_to_physical, phy2log, phy_rank, num_experts, P - num_experts + 1)
-    elif compiling:
-        log2phy = _ops._logical_to_physical_counted_op(phy2log, phy_rank, logcnt, num_experts)
     else:
         # The one host read of the call: the width is the largest count.
         log2phy = _ops.logical_to_physical_counted(phy2log, phy_rank, logcnt, num_experts)
-    return phy2log, log2phy, logcnt
+    return migration.apply_previous(
+        (phy2log, log2phy, logcnt), tokens, plan, k, C, N, largest_count_width=not fixed_width, ranks=phy_rank
+    )

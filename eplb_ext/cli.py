@@ -189,20 +189,21 @@ def read_placement(path: str) -> Tensor:
 
 
 def check_previous(path: str, previous: Tensor, num_layers: int, num_slots: int, num_experts: int) -> Tensor:
-    """``previous`` as an int64 ``[L, P]`` placement of E experts, or a
-    CliError naming the first thing that does not fit the loads."""
+    """``previous`` as an int64 ``[L, P]`` placement of E experts (-1: an
+    empty slot), or a CliError naming the first thing that does not fit the
+    loads."""
     if previous.dtype == torch.bool or previous.is_floating_point() or previous.is_complex():
         raise CliError(f"{path}: placement has dtype {previous.dtype}; expert ids must be integers")
     if tuple(previous.shape) != (num_layers, num_slots):
         raise CliError(f"{path}: placement of shape {tuple(previous.shape)} does not fit "
                        f"{num_layers} layers x {num_slots} slots",
                        hint="give the placement written for this model and --num-physical-experts")
-    bad = ((previous < 0) | (previous >= num_experts)).nonzero()
+    bad = ((previous < -1) | (previous >= num_experts)).nonzero()
     if len(bad) > 0:
         layer, slot = bad[0].tolist()
         raise CliError(
             f"{path}: placement holds expert {int(previous[layer, slot])} (layer {layer}, slot {slot}), "
-            f"but the loads have {num_experts} experts (ids 0..{num_experts - 1})",
+            f"but the loads have {num_experts} experts (ids 0..{num_experts - 1}, or -1 for an empty slot)",
             hint="give the placement written for this model's loads, or leave out --previous",
         )
     return previous.to(torch.int64)
@@ -398,8 +399,12 @@ def _cmd_rebalance(args: argparse.Namespace) -> int:
         )
     if previous is not None:
         previous = check_previous(args.previous, previous, L, P, E)
+    if previous is None and (args.max_moves is not None or args.min_improvement):
+        raise CliError("--max-moves and --min-improvement need --previous", hint="give the placement being served")
+    keep = dict(previous_physical_to_logical_map=previous, max_moves=args.max_moves,
+                min_improvement=args.min_improvement) if previous is not None else {}
     try:
-        outputs = rebalance_experts(tokens, P, P // G, C, N, algo)
+        outputs = rebalance_experts(tokens, P, P // G, C, N, algo, **keep)
     except (ValueError, TypeError) as exc:
         message = str(exc)
         if message.startswith("tokens_per_expert"):  # a bad value in the file, e.g. a negative load
@@ -436,12 +441,13 @@ def _cmd_rebalance(args: argparse.Namespace) -> int:
         if previous is not None:
             placement = (metrics.trivial_placement(E, P, L) if row["variant"] == TRIVIAL
                          else deployment.place(tokens, row["variant"])[0])
-            line += f" {int(metrics.experts_moved(previous, placement, G, num_experts=E).sum()):7d}"
+            line += f" {metrics.moves(previous, placement, P // G).total:7d}"
         print(line)
     bound_row = rows[0]
     print(f"{'bound (no placement does better)':<34} {bound_row['bound']:6.3f} {bound_row['bound_aggregate']:6.3f}")
     if previous is not None:
         print(f"moved: (GPU, expert) pairs a GPU must newly load, going from {args.previous}, summed over layers")
+        _report_previous(args, tokens, previous, outputs, algo, P, G, C, N)
 
     before = metrics.trivial_placement(E, P, L)
     after = outputs[0]
@@ -458,6 +464,37 @@ def _cmd_rebalance(args: argparse.Namespace) -> int:
         _plot(plt, args.plot, w, before, after, G, per_layer_bound, algo.name, worst[:3])
         print(f"\nwrote {args.plot}")
     return 0
+
+
+def _report_previous(args, tokens, previous, outputs, algo, P, G, C, N) -> None:
+    """Moves and balancedness against the previous placement: the fresh
+    placement, relabeled, incremental (with --max-moves), and what was
+    written, with its kept layers (with --min-improvement)."""
+    k = P // G
+    L, E = tokens.shape[-2], tokens.shape[-1]
+    w = metrics.expert_load(tokens)
+    rows = [("previous", previous)]
+    rows.append((f"fresh ({algo.name})", rebalance_experts(tokens, P, k, C, N, algo)[0]))
+    prev = previous.long()
+    rows.append(("relabeled", rebalance_experts(tokens, P, k, C, N, algo, previous_physical_to_logical_map=prev)[0]))
+    if args.max_moves is not None:
+        searched = rebalance_experts(tokens, P, k, C, N, algo, previous_physical_to_logical_map=prev,
+                                     max_moves=args.max_moves)[0]
+        rows.append((f"incremental (max {args.max_moves} moves/layer)", searched))
+    written = outputs[0]
+    unkept = rows[-1][1]
+    kept = sum(1 for i in range(L) if torch.equal(written[i].long(), prev[i]) and not torch.equal(unkept[i].long(), prev[i]))
+    rows.append((f"written ({kept} of {L} layers kept)" if args.min_improvement else "written", written))
+    print(f"\nagainst {args.previous}: moves per layer (mean over layers, total) and balancedness (mean over layers)")
+    header = f"{'placement':<40} {'moves':>7} {'total':>7} {'bal':>6}"
+    print(header)
+    print("-" * len(header))
+    for name, placement in rows:
+        moved = metrics.moves(previous, placement, k)
+        usable = bool(((placement >= 0) & (placement < E)).all()) and bool(
+            (metrics.replica_counts(placement.long().clamp(0, E - 1), E) > 0).all())
+        bal = f"{float(metrics.balancedness(w, placement, G).mean()):6.3f}" if usable else f"{'n/a':>6}"
+        print(f"{name:<40} {moved.total / max(L, 1):7.1f} {moved.total:7d} {bal}")
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
@@ -512,6 +549,16 @@ def _parse_int(text: str, minimum: int) -> int:
     if value < minimum:
         rule = "is not a positive integer" if minimum == 1 else "is negative"
         raise argparse.ArgumentTypeError(f"{value} {rule}")
+    return value
+
+
+def _unit_interval(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0.0 <= value <= 1.0:  # NaN fails too
+        raise argparse.ArgumentTypeError(f"{text} is not in [0, 1]")
     return value
 
 
@@ -574,9 +621,13 @@ examples:
   # a model without expert groups, JSON in and out, with a plot
   eplb-ext rebalance loads.json --num-physical-experts 160 --num-gpus 32 \\
       --algorithm deepseek_vec -o placement.json --plot balance.png
-  # how many expert weights would move from the placement now in use
+  # relabel against the placement now in use, for the fewest expert moves
   eplb-ext rebalance loads.npy -P 288 -G 32 --num-nodes 4 --num-groups 8 \\
-      --previous placement.pt -o new_placement.pt"""
+      --previous placement.pt -o new_placement.pt
+  # change the served placement by at most 29 moves per layer, and keep the
+  # layers that would gain less than 0.002 balancedness
+  eplb-ext rebalance loads.npy -P 288 -G 32 --previous placement.pt \\
+      --max-moves 29 --min-improvement 0.002 -o new_placement.pt"""
 
 BENCH_EPILOG = """\
 Times the compiled rebalance_experts against the pure-PyTorch reference
@@ -631,7 +682,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="variant (default auto: deepseek_hierarchical where groups and nodes allow it, else deepseek)")
     p.add_argument("-o", "--output", required=True, metavar="OUTPUT", help="placement file to write: .pt or .json")
     p.add_argument("--plot", metavar="FILE.png", help="also draw per-GPU loads and per-layer balancedness (needs matplotlib)")
-    p.add_argument("--previous", metavar="PLACEMENT", help="a placement written earlier: report how many experts would move")
+    p.add_argument("--previous", metavar="PLACEMENT",
+                   help="the placement being served (written earlier): relabel the new one for the fewest "
+                        "expert moves and report moves")
+    p.add_argument("--max-moves", type=_non_negative_int, default=None, metavar="M",
+                   help="with --previous: change the previous placement by at most M moves per layer instead")
+    p.add_argument("--min-improvement", type=_unit_interval, default=0.0, metavar="X",
+                   help="with --previous: keep a layer's previous placement unless balancedness gains >= X")
     p.add_argument("--worst", type=_positive_int, default=3, metavar="K", help="worst layers to list (default 3)")
     p.add_argument("--drop-zero-steps", action="store_true",
                    help="leave out steps whose loads are all zero (rows of a recorder buffer never filled)")

@@ -50,6 +50,8 @@ __all__ = [
     "bound_balancedness",
     "trivial_placement",
     "experts_moved",
+    "moves",
+    "Moves",
 ]
 
 _F64 = torch.float64
@@ -302,6 +304,67 @@ def _presence(phy2log: Tensor, num_gpus: int, num_experts: int) -> Tensor:
     return present.view(L, num_gpus, num_experts)
 
 
+class Moves(NamedTuple):
+    """Expert weights GPUs must receive: ``per_layer`` int64 ``[L]`` and
+    their ``total`` over layers."""
+
+    per_layer: Tensor
+    total: int
+
+
+def moves(
+    previous: Tensor,
+    new: Tensor,
+    num_local_physical_experts: int,
+    *,
+    active: Optional[Tensor] = None,
+) -> Moves:
+    """moves(new, previous) of SPEC.md "Keeping experts where they are".
+
+    Per layer, the number of (GPU g, expert e) pairs such that g holds e in
+    ``new`` and in no slot of ``previous``: the expert weights g must receive
+    from elsewhere. A second copy of e on a GPU that already holds it is a
+    local copy, not a move; an empty slot (-1) of ``previous`` holds nothing.
+
+    Args:
+        previous: integer ``[L, P]``, ids in ``[0, E)`` or -1.
+        new: integer ``[L, P]``, ids in ``[0, E)`` (-1 allowed: holds nothing).
+        num_local_physical_experts: k, slots per GPU (slot p on GPU p // k).
+        active: optional ``[G]`` bool or 0/1: inactive GPUs count nothing.
+
+    Returns ``Moves(per_layer, total)``; ``per_layer`` is on ``new``'s device.
+    """
+    for name, m in (("previous", previous), ("new", new)):
+        if not isinstance(m, Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(m).__name__}")
+        if m.dim() != 2:
+            raise ValueError(f"{name} must be [L, P], got shape {tuple(m.shape)}")
+        if m.is_floating_point() or m.is_complex() or m.dtype == torch.bool:
+            raise TypeError(f"{name} must have an integer dtype, got {m.dtype}")
+    if previous.shape != new.shape:
+        raise ValueError(f"the placements differ in shape: {tuple(previous.shape)} vs {tuple(new.shape)}")
+    k = num_local_physical_experts
+    L, P = new.shape
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1 or P % k != 0:
+        raise ValueError(f"num_local_physical_experts={k!r} must be a positive integer dividing P={P}")
+    old = previous.to(device=new.device, dtype=_I64)
+    cur = new.to(_I64)
+    if L == 0 or P == 0:
+        return Moves(torch.zeros(L, dtype=_I64, device=new.device), 0)
+    if bool((old < -1).any()) or bool((cur < -1).any()):
+        raise ValueError("placements hold ids below -1")
+    E = int(torch.maximum(old.max(), cur.max())) + 2  # id -1 goes to column E - 1
+    G = P // k
+    old_has = _presence(torch.where(old < 0, E - 1, old), G, E)
+    new_has = _presence(torch.where(cur < 0, E - 1, cur), G, E)
+    added = new_has[..., : E - 1] & ~old_has[..., : E - 1]
+    if active is not None:
+        on = torch.as_tensor(active, device=new.device).to(torch.bool).view(1, G, 1)
+        added = added & on
+    per_layer = added.sum(dim=(1, 2))
+    return Moves(per_layer, int(per_layer.sum()))
+
+
 def experts_moved(
     old_physical_to_logical_map: Tensor,
     new_physical_to_logical_map: Tensor,
@@ -309,15 +372,9 @@ def experts_moved(
     *,
     num_experts: Optional[int] = None,
 ) -> Tensor:
-    """How many expert weights the GPUs must load to go from the old
-    placement to the new one, per layer, int64 ``[L]``.
-
-    Counts the (GPU, expert) pairs where the GPU holds the expert in the new
-    placement and did not in the old one: an expert the GPU already holds (in
-    any slot) costs nothing, and two new slots of one expert on one GPU count
-    once. Both maps are ``[L, P]`` integer tensors with the same P (slot ``p``
-    on GPU ``p // (P / num_gpus)``); the result is on the new map's device.
-    ``num_experts`` defaults to the largest id in either map + 1.
+    """``moves(old, new, P // num_gpus).per_layer``, int64 ``[L]``, for
+    callers that count GPUs rather than slots per GPU; ids are checked to lie
+    in ``[0, num_experts)`` (default: the largest id in either map + 1).
     """
     new = new_physical_to_logical_map
     old = old_physical_to_logical_map.to(new.device)
@@ -328,5 +385,4 @@ def experts_moved(
         num_experts = max(int(old.max()), int(new.max())) + 1 if new.numel() > 0 else 1
     old = _check_map(old, L, num_experts, num_gpus)
     new = _check_map(new, L, num_experts, num_gpus)
-    added = _presence(new, num_gpus, num_experts) & ~_presence(old, num_gpus, num_experts)
-    return added.sum(dim=(1, 2))
+    return moves(old, new, new.shape[1] // num_gpus).per_layer

@@ -4,7 +4,7 @@ import torch
 
 import eplb_ext
 
-OPS = ["balanced_packing", "replicate_experts", "deepseek", "logical_to_physical", "deepseek_vec"]
+OPS = ["balanced_packing", "replicate_experts", "deepseek", "logical_to_physical", "deepseek_vec", "migrate"]
 
 
 def has_kernel(op: str, key: str) -> bool:
@@ -31,6 +31,9 @@ def test_every_op_has_a_fake_kernel():
         assert (p2l.dtype, l2p.shape) == (torch.int32, (4, 16, 9))
         assert ops.balanced_packing(w, 4)[0].shape == (4, 16)
         assert ops.replicate_experts(w, 20)[0].shape == (4, 20)
+        act = torch.empty(0, dtype=torch.uint8)
+        p2l, rank, cnt, info = ops.migrate(x, p2l.long(), p2l.long(), p2l.long(), act, 3, 4, 2, 5, 0.0)
+        assert (p2l.shape, rank.shape, cnt.shape, info.shape) == ((4, 24), (4, 24), (4, 16), (4, 3))
 
 
 def test_cuda_build_registers_cuda_kernels():

@@ -482,7 +482,7 @@ def test_previous_with_other_expert_count_writes_nothing(cli, tmp_path, tokens):
     old = torch.arange(P).repeat(L, 1) + 8
     torch.save({"physical_to_logical_map": old}, tmp_path / "old.pt")
     proc = cli("rebalance", "loads.pt", *DEPLOY_ARGS, "--previous", "old.pt", "-o", "new.pt")
-    assert_error(proc, "old.pt: placement holds expert 16 (layer 0, slot 8), but the loads have 16 experts (ids 0..15)")
+    assert_error(proc, "old.pt: placement holds expert 16 (layer 0, slot 8), but the loads have 16 experts (ids 0..15, or -1 for an empty slot)")
     assert not (tmp_path / "new.pt").exists()
 
 
@@ -538,3 +538,58 @@ def test_auto_says_why(cli, tmp_path, tokens, args, reason):
     proc = cli("rebalance", "loads.pt", *args, "-o", "o.pt")
     assert proc.returncode == 0, proc.stderr
     assert f"algorithm {reason}" in proc.stdout
+
+
+def test_rebalance_against_previous_with_budget(cli, tmp_path, tokens):
+    old = (tokens.double() * torch.linspace(0.2, 3.0, E)).round().long()
+    save_input("pt-tensor", old, tmp_path)
+    assert cli("rebalance", "loads.pt", *DEPLOY_ARGS, "--algorithm", "deepseek", "-o", "old.pt").returncode == 0
+    save_input("pt-tensor", tokens, tmp_path)
+    proc = cli("rebalance", "loads.pt", *DEPLOY_ARGS, "--algorithm", "deepseek", "--previous", "old.pt",
+               "--max-moves", "3", "--min-improvement", "0.5", "-o", "new.pt")
+    assert proc.returncode == 0, proc.stderr
+    prev = torch.load(tmp_path / "old.pt")["physical_to_logical_map"]
+    written = torch.load(tmp_path / "new.pt")["physical_to_logical_map"]
+    searched = eplb_ext.rebalance_experts(tokens, P, P // G, C, N, "deepseek", previous_physical_to_logical_map=prev,
+                                          max_moves=3)[0]
+    lines = proc.stdout.splitlines()
+    row = next(line for line in lines if line.startswith("incremental (max 3 moves/layer)"))
+    assert int(row.split()[-2]) == metrics.moves(prev, searched, P // G).total
+    assert int(row.split()[-2]) <= 3 * L
+    kept = sum(bool(torch.equal(written[i], prev[i])) and not bool(torch.equal(searched[i], prev[i])) for i in range(L))
+    assert kept > 0
+    assert any(line.startswith(f"written ({kept} of {L} layers kept)") for line in lines)
+    assert any(line.startswith("relabeled") for line in lines) and any(line.startswith("fresh (deepseek)") for line in lines)
+
+
+@pytest.mark.parametrize("args,fragment", [
+    (["--max-moves", "3"], "need --previous"),
+    (["--min-improvement", "0.1"], "need --previous"),
+])
+def test_budget_needs_previous(cli, tmp_path, tokens, args, fragment):
+    save_input("pt-tensor", tokens, tmp_path)
+    assert_error(cli("rebalance", "loads.pt", *DEPLOY_ARGS, *args, "-o", "o.pt"), fragment)
+
+
+@pytest.mark.parametrize("args,fragment", [
+    (["--max-moves", "-1"], "is negative"),
+    (["--min-improvement", "2"], "not in [0, 1]"),
+    (["--min-improvement", "nan"], "not in [0, 1]"),
+    (["--min-improvement", "x"], "not a number"),
+])
+def test_budget_usage_errors(cli, tmp_path, tokens, args, fragment):
+    save_input("pt-tensor", tokens, tmp_path)
+    proc = cli("rebalance", "loads.pt", *DEPLOY_ARGS, *args, "-o", "o.pt")
+    assert proc.returncode == 2 and fragment in proc.stderr
+
+
+def test_previous_with_empty_slots_is_relabeled_against(cli, tmp_path, tokens):
+    save_input("pt-tensor", tokens, tmp_path)
+    old = eplb_ext.rebalance_experts(tokens, P, P // G, C, N, "deepseek")[0].clone()
+    old[:, ::5] = -1  # slots a server left empty
+    torch.save({"physical_to_logical_map": old}, tmp_path / "old.pt")
+    proc = cli("rebalance", "loads.pt", *DEPLOY_ARGS, "--algorithm", "deepseek", "--previous", "old.pt", "-o", "new.pt")
+    assert proc.returncode == 0, proc.stderr
+    written = torch.load(tmp_path / "new.pt")["physical_to_logical_map"]
+    expected = eplb_ext.rebalance_experts(tokens, P, P // G, C, N, "deepseek", previous_physical_to_logical_map=old)[0]
+    assert torch.equal(written, expected)

@@ -271,3 +271,33 @@ def test_metrics_over_the_active_gpus():
         metrics.gpu_loads(tokens, p2l, 6, active_ranks=[0] * 6)
     with pytest.raises(ValueError, match="active_ranks has 4 entries"):
         metrics.balancedness(tokens, p2l, 6, active_ranks=[1] * 4)
+
+
+@pytest.mark.parametrize("algorithm", ELASTIC)
+def test_previous_placement_around_failed_gpus(algorithm):
+    # SPEC: with an inactive GPU the live GPUs are renumbered among
+    # themselves (fewest moves); dead GPUs stay filler and count nothing.
+    gen = torch.Generator().manual_seed(7)
+    P, k, C, N = 24, 3, 4, 2
+    active = torch.tensor([1, 1, 0, 1, 1, 1, 0, 1])
+    dead = (active == 0).repeat_interleave(k)
+    old_loads = torch.randint(1, 200, (2, 3, 16), generator=gen)
+    new_loads = (old_loads * torch.rand(3, 16, generator=gen).add(0.5)).round().long()
+    first = eplb_ext.rebalance_experts(old_loads, P, k, C, N, algorithm, active_ranks=active)
+    fresh = eplb_ext.rebalance_experts(new_loads, P, k, C, N, algorithm, active_ranks=active)
+    again = eplb_ext.rebalance_experts(
+        new_loads, P, k, C, N, algorithm, active_ranks=active, previous_physical_to_logical_map=first[0]
+    )
+    check_invariants(again, algorithm, 3, 16, P, k, C, N, active_ranks=active.tolist())
+    assert bool((again[0][:, dead] == 0).all())
+    moved = eplb_ext.metrics.moves(first[0], again[0], k, active=active).per_layer
+    assert bool((moved <= eplb_ext.metrics.moves(first[0], fresh[0], k, active=active).per_layer).all())
+    # Only GPUs moved: each live GPU holds one of the fresh live GPUs' slot sets.
+    for layer in range(3):
+        sets = lambda m: sorted(sorted(m[layer, g * k:(g + 1) * k].tolist()) for g in range(8) if active[g])  # noqa: E731
+        assert sets(again[0]) == sets(fresh[0])
+    # Its own output as the previous placement: nothing moves.
+    same = eplb_ext.rebalance_experts(
+        new_loads, P, k, C, N, algorithm, active_ranks=active, previous_physical_to_logical_map=fresh[0]
+    )
+    assert int(eplb_ext.metrics.moves(fresh[0], same[0], k, active=active).total) == 0

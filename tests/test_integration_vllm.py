@@ -30,8 +30,6 @@ from vllm_default import (
     vllm_replicate,
 )
 
-HAS_PREVIOUS = "previous_physical_to_logical_map" in inspect.signature(eplb_ext.rebalance_experts).parameters
-needs_previous = pytest.mark.skipif(not HAS_PREVIOUS, reason="rebalance_experts has no previous_physical_to_logical_map")
 
 
 def _grouped_distinct(w, C):
@@ -180,11 +178,8 @@ def moves(new, old, num_ranks):
 def test_previous_kwargs_helper():
     old = torch.arange(24).repeat(2, 1) % 16
     kwargs = plugin._previous_kwargs(old.int(), 2, 24, 16)
-    if HAS_PREVIOUS:
-        assert kwargs["previous_physical_to_logical_map"].dtype == torch.int64
-        assert torch.equal(kwargs["previous_physical_to_logical_map"], old)
-    else:
-        assert kwargs == {}
+    assert kwargs["previous_physical_to_logical_map"].dtype == torch.int64
+    assert torch.equal(kwargs["previous_physical_to_logical_map"], old)
     assert plugin._previous_kwargs(None, 2, 24, 16) == {}
     assert plugin._previous_kwargs(old[:, :20], 2, 24, 16) == {}  # other slots: other GPUs
     assert plugin._previous_kwargs(old[:1], 2, 24, 16) == {}
@@ -198,7 +193,6 @@ def test_previous_of_another_shape_is_ignored():
     assert torch.equal(plugin.EplbExtPolicy.rebalance_experts(w, 48, 4, 2, 8, torch.zeros(3, 40, dtype=torch.int64)), plain)
 
 
-@needs_previous
 def test_own_previous_output_gives_zero_moves():
     w = torch.from_numpy(tie_free_loads(8, 4, 64))
     first = plugin.EplbExtPolicy.rebalance_experts(w, 80, 8, 2, 8)
@@ -206,7 +200,6 @@ def test_own_previous_output_gives_zero_moves():
     assert moves(again.numpy(), first.numpy(), 8) == 0
 
 
-@needs_previous
 def test_previous_never_adds_moves():
     for seed in range(5):
         w = torch.from_numpy(tie_free_loads(20 + seed, 4, 64))

@@ -18,4 +18,13 @@ STABLE_TORCH_LIBRARY(eplb_ext, m) {
       "deepseek_vec(Tensor tokens_per_expert, int num_physical_experts, "
       "int num_local_physical_experts, int num_groups, int num_nodes) "
       "-> (Tensor, Tensor, Tensor)");
+  // Places a fresh placement (physical_to_logical_map, physical_rank) against
+  // the previous one: relabeling, incremental search with max_moves >= 0
+  // (-1: none), keeping layers below min_improvement. active: uint8 [G], or
+  // empty for all active. Returns (physical_to_logical_map, physical_rank,
+  // logical_count, info [L, 3] = (outcome, moves relabeled, moves)), int64.
+  m.def(
+      "migrate(Tensor tokens_per_expert, Tensor physical_to_logical_map, Tensor physical_rank, "
+      "Tensor previous, Tensor active, int num_local_physical_experts, int num_groups, "
+      "int num_nodes, int max_moves, float min_improvement) -> (Tensor, Tensor, Tensor, Tensor)");
 }

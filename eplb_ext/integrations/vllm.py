@@ -42,9 +42,6 @@ POLICY_MODULE = "vllm.distributed.eplb.policy"
 PARAMETERS = ("weight", "num_replicas", "num_groups", "num_nodes", "num_ranks")
 _ORIGINAL: Dict[str, type] = {}
 
-# A previous placement is relabeled (minimum moves) by eplb_ext versions that
-# accept one.
-HAS_PREVIOUS = "previous_physical_to_logical_map" in inspect.signature(algorithms.rebalance_experts).parameters
 
 
 def _bases() -> Tuple[type, ...]:
@@ -58,7 +55,7 @@ def _bases() -> Tuple[type, ...]:
 def _previous_kwargs(old: Optional[Tensor], num_layers: int, num_replicas: int, num_experts: int) -> dict:
     """The keyword that hands vLLM's previous map to eplb_ext, or {} when
     there is none to use: no map, another shape (the GPUs are not the same),
-    entries outside [-1, E), or an eplb_ext without the relabeling."""
+    entries outside [-1, E)."""
     if old is None:
         return {}
     old = torch.as_tensor(old).detach().to("cpu", torch.int64)
@@ -69,9 +66,6 @@ def _previous_kwargs(old: Optional[Tensor], num_layers: int, num_replicas: int, 
     if old.numel() and (int(old.min()) < -1 or int(old.max()) >= num_experts):
         log_once(logger, logging.WARNING, f"eplb_ext: previous placement holds experts outside [-1, {num_experts}); "
                  "placing without it")
-        return {}
-    if not HAS_PREVIOUS:
-        log_once(logger, logging.INFO, "eplb_ext: this version cannot relabel to a previous placement; placing without it")
         return {}
     return {"previous_physical_to_logical_map": old}
 

@@ -7,6 +7,7 @@
 // "<n> passed, <m> failed" and exits non-zero on any failure.
 #include "csrc/core/common.h"
 #include "csrc/core/deepseek.h"
+#include "csrc/core/migrate.h"
 #include "csrc/core/packing.h"
 #include "csrc/core/rows.h"
 #include "csrc/core/vec.h"
@@ -730,7 +731,80 @@ static void test_winner_tree() {
   CHECK(next_pow2(1) == 1 && next_pow2(5) == 8 && next_pow2(8) == 8 && next_pow2(9) == 16);
 }
 
+// The assignment solver against enumeration of every permutation.
+static void test_assignment_brute() {
+  Rng rng{12345};
+  for (int trial = 0; trial < 200; ++trial) {
+    const int32_t n = 1 + rng.below(6);
+    std::vector<int64_t> cost(n * n);
+    for (auto& c : cost) c = rng.below(trial % 2 ? 3 : 50);  // many ties on odd trials
+    std::vector<uint64_t> buf(4096);
+    Carver c{(char*)buf.data(), 0};
+    AssignScratch s = take_assign_scratch(c, n);
+    std::vector<int32_t> col(n, -1);
+    const int64_t got = assign_min_cost(cost.data(), n, col.data(), s);
+    std::vector<int32_t> perm(n);
+    std::iota(perm.begin(), perm.end(), 0);
+    int64_t best = std::numeric_limits<int64_t>::max();
+    do {
+      int64_t t = 0;
+      for (int32_t i = 0; i < n; ++i) t += cost[i * n + perm[i]];
+      best = std::min(best, t);
+    } while (std::next_permutation(perm.begin(), perm.end()));
+    std::vector<int32_t> sorted = col;
+    std::sort(sorted.begin(), sorted.end());
+    bool is_perm = true;
+    for (int32_t i = 0; i < n; ++i) is_perm = is_perm && sorted[i] == i;
+    int64_t total = 0;
+    for (int32_t i = 0; i < n; ++i) total += cost[i * n + col[i]];
+    CHECK(is_perm && got == best && total == best);
+  }
+}
+
+// migrate_layer on random layers, in and out of range, active or not: the
+// result is a placement of valid experts within the move budget (under the
+// sanitizers, scratch stays in bounds).
+static void test_migrate_layers() {
+  Rng rng{777};
+  for (int trial = 0; trial < 60; ++trial) {
+    const int32_t N = 1 + rng.below(2), G = N * (1 + rng.below(4)), k = 1 + rng.below(4);
+    const int32_t P = G * k, C = N, E = C * (1 + rng.below(P / C));
+    const int32_t M = rng.below(6) - 1;
+    MigrateDims d{E, P, k, G, C, N, M, trial % 3 == 0 ? 0.01 : 0.0};
+    std::vector<float> w(E);
+    for (auto& x : w) x = (float)rng.below(1000);
+    // Fresh: deepseek with groups on nodes.
+    std::vector<int64_t> f(P, -1), r(P, -1), q(P);
+    std::vector<uint64_t> dbuf(deepseek_scratch(DeepseekDims{E, P, C, N, G}, nullptr, nullptr) / 8 + 1);
+    DeepseekDims dd{E, P, C, N, G};
+    DeepseekScratch ds;
+    deepseek_scratch(dd, dbuf.data(), &ds);
+    for (int32_t e = 0; e < E; ++e) ds.w[e] = w[e];
+    deepseek_renumber(dd, ds, deepseek_pack(dd, dbuf.data(), N));
+    for (int32_t n = 0; n < N; ++n) deepseek_node(dd, ds, deepseek_pack(dd, dbuf.data(), n), n, f.data(), r.data());
+    for (auto& x : q) x = trial % 5 == 0 ? (int64_t)rng.below(E + 3) - 1 : (int64_t)rng.below(E);
+    if (trial % 4 == 1) q = f;
+    std::vector<uint8_t> act(G, 1);
+    if (trial % 7 == 2) act[rng.below(G)] = 0;
+    std::vector<uint64_t> buf(migrate_scratch(d, nullptr, nullptr) / 8 + 1);
+    MigrateScratch s;
+    migrate_scratch(d, buf.data(), &s);
+    std::vector<int64_t> op(P), orank(P), ocnt(E), info(3);
+    MigrateIO io{w.data(), f.data(), r.data(), q.data(), act.data(), op.data(), orank.data(), ocnt.data(), info.data()};
+    migrate_layer(d, s, io);
+    bool ok = true;
+    for (int32_t p = 0; p < P; ++p) ok = ok && op[p] >= 0 && op[p] < E;
+    CHECK(ok);
+    CHECK(info[0] >= 0 && info[0] <= 2 && info[2] >= 0);
+    if (info[0] == kSearched) CHECK(info[2] <= M);
+    if (info[0] == kKept) CHECK(info[2] == 0);
+    if (trial % 4 == 1 && trial % 7 != 2) CHECK(info[1] == 0);
+  }
+}
+
 int main() {
+  test_assignment_brute();
+  test_migrate_layers();
   test_half_and_bf16();
   test_load_faults();
   test_sums();

@@ -1,0 +1,86 @@
+// CUDA kernel of the migrate op: one thread block per layer. The block's
+// threads sum the loads over steps (one expert each, as the other kernels);
+// one thread then runs csrc/core/migrate.h, which is sequential by nature
+// (assignments, greedy steps), so the result is the CPU's bit for bit.
+// Scratch comes from torch's caching allocator, the kernel runs on the
+// current stream and nothing is read on the host: the call can be captured
+// in a CUDA graph. Values are not checked here (the Python layer does it);
+// the core reads out-of-range ids as empty slots and stays in bounds.
+#include <torch/csrc/inductor/aoti_torch/c/shim.h>
+#include <torch/csrc/stable/accelerator.h>
+#include <torch/csrc/stable/library.h>
+
+#include "../../core/migrate.h"
+#include "../migrate_args.h"
+#include "../tensor_utils.h"
+#include "cuda_check.cuh"
+
+namespace eplb {
+namespace {
+
+using torch::stable::Tensor;
+
+cudaStream_t stream_of(const Tensor& t) {
+  void* stream = nullptr;
+  if (aoti_torch_get_current_cuda_stream(t.get_device_index(), &stream) != AOTI_TORCH_SUCCESS) {
+    fail("RuntimeError", "could not get the current CUDA stream");
+  }
+  return static_cast<cudaStream_t>(stream);
+}
+
+template <typename T>
+__global__ void migrate_kernel(Loads<T> t, MigrateDims d, char* scratch, int64_t stride,
+                               int64_t core, const int64_t* phy2log, const int64_t* rank,
+                               const int64_t* prev, const uint8_t* active, int64_t* out_p2l,
+                               int64_t* out_rank, int64_t* out_cnt, int64_t* info) {
+  const int64_t l = blockIdx.x;
+  char* buf = scratch + l * stride;
+  float* w = reinterpret_cast<float*>(buf + core);
+  for (int32_t e = threadIdx.x; e < d.E; e += blockDim.x) w[e] = sum_over_steps_one(t, l, e);
+  __syncthreads();
+  if (threadIdx.x != 0) return;
+  MigrateScratch s;
+  migrate_scratch(d, buf, &s);
+  const int64_t lp = l * d.P;
+  MigrateIO io{w, phy2log + lp, rank + lp, prev + lp, active, out_p2l + lp, out_rank + lp,
+               out_cnt + l * d.E, info + l * 3};
+  migrate_layer(d, s, io);
+}
+
+std::tuple<Tensor, Tensor, Tensor, Tensor> migrate_cuda(Tensor tokens, Tensor phy2log, Tensor rank,
+                                                        Tensor previous, Tensor active, int64_t k,
+                                                        int64_t C, int64_t N, int64_t max_moves,
+                                                        double min_improvement) {
+  Placement a;
+  const MigrateDims d = check_migrate_args(tokens, phy2log, rank, previous, active, k, C, N,
+                                           max_moves, min_improvement, &a);
+  check_device(tokens, "tokens_per_expert", true);
+  EPLB_CHECK_VALUE(active.numel() == 0 || active.get_device_index() == tokens.get_device_index(),
+                   "active must be on the same device as tokens_per_expert");
+  torch::stable::accelerator::DeviceGuard guard(tokens.get_device_index());
+  Tensor out_p2l = new_index(tokens, {a.L, a.P}, ScalarType::Long);
+  Tensor out_rank = new_index(tokens, {a.L, a.P}, ScalarType::Long);
+  Tensor out_cnt = new_index(tokens, {a.L, a.E}, ScalarType::Long);
+  Tensor info = new_index(tokens, {a.L, 3}, ScalarType::Long);
+  if (a.L == 0) return {out_p2l, out_rank, out_cnt, info};
+  const int64_t core = (migrate_scratch(d, nullptr, nullptr) + 255) / 256 * 256;
+  const int64_t stride = (core + (int64_t)sizeof(float) * a.E + 255) / 256 * 256;
+  Tensor buf = new_index(tokens, {a.L * stride}, ScalarType::Byte);
+  const uint8_t* act = active.numel() > 0 ? ptr<uint8_t>(active) : nullptr;
+  dispatch_loads(tokens, "tokens_per_expert", [&](auto tag) {
+    using T = decltype(tag);
+    migrate_kernel<T><<<(unsigned)a.L, 128, 0, stream_of(tokens)>>>(
+        make_loads<T>(tokens), d, ptr<char>(buf), stride, core, ptr<int64_t>(phy2log),
+        ptr<int64_t>(rank), ptr<int64_t>(previous), act, ptr<int64_t>(out_p2l),
+        ptr<int64_t>(out_rank), ptr<int64_t>(out_cnt), ptr<int64_t>(info));
+    EPLB_CUDA_CHECK_LAUNCH();
+  });
+  return {out_p2l, out_rank, out_cnt, info};
+}
+
+}  // namespace
+}  // namespace eplb
+
+STABLE_TORCH_LIBRARY_IMPL(eplb_ext, CUDA, m) {
+  m.impl("migrate", TORCH_BOX(&eplb::migrate_cuda));
+}
