@@ -309,12 +309,14 @@ EPLB_HD void vec_add_replica(VecDims d, VecScratch s, int32_t c, int32_t i, int3
 
 // One layer, single-threaded: the CPU kernel's unit of work. The CUDA kernel
 // runs the same phases with the step loops spread over a block's threads.
+// Returns -1, or the layer's first bad load (load_layer), placing nothing.
 template <typename T, typename P2L, typename OutT>
-EPLB_HD void vec_layer(const Loads<T>& t, int64_t l, VecDims d, VecScratch s, P2L* phy2log,
+EPLB_HD int64_t vec_layer(const Loads<T>& t, int64_t l, VecDims d, VecScratch s, P2L* phy2log,
                        OutT* log2phy, OutT* logcnt) {
   const int32_t en = d.E / d.N, rn = (d.P - d.E) / d.N;
   const int64_t S = d.S;
-  load_layer(t, l, s.expert_sum, s.acc, s.tt);
+  const int64_t bad = load_layer(t, l, s.expert_sum, s.acc, s.tt);
+  if (bad >= 0) return bad;
   vec_renumber(d, s);
   for (int32_t c = 0; c < d.N; ++c) {
     VecChunk ch{s, S, c * en, en, next_pow2(en)};
@@ -331,6 +333,7 @@ EPLB_HD void vec_layer(const Loads<T>& t, int64_t l, VecDims d, VecScratch s, P2
     }
     vec_deal_chunk(d, s, c, phy2log, log2phy, logcnt);
   }
+  return -1;
 }
 
 }  // namespace eplb

@@ -1,7 +1,8 @@
-// CPU kernels: each op checks its arguments and every load before any work,
-// then runs the torch-free core per layer with torch's parallel_for. Layers
-// are independent and each writes only its own rows, so the result does not
-// depend on the thread count.
+// CPU kernels: each op checks its arguments, then runs the torch-free core
+// per layer (for_each_layer). Each layer's loads are checked in the same read
+// that sums them, and a bad load raises once every layer is done, before any
+// output is returned. Layers are independent and each writes only its own
+// rows, so the result does not depend on the thread count.
 #include <torch/csrc/stable/library.h>
 
 #include <algorithm>
@@ -18,14 +19,24 @@ namespace {
 
 using torch::stable::Tensor;
 
-template <typename T>
-void check_loads(const Loads<T>& t, const char* name, bool three_d) {
-  std::vector<int64_t> bad(static_cast<size_t>(t.L), -1);
-  torch::stable::parallel_for(0, t.L, grain_for(t.S * t.E), [&](int64_t b, int64_t e) {
-    for (int64_t l = b; l < e; ++l) bad[l] = first_bad_load(t, l);
-  });
-  report_bad_load(t, bad.data(), name, three_d);
-}
+// Each layer's first bad load (first_bad_load), -1 where none; raises for
+// the first in (step, layer, expert) order.
+class BadLoads {
+ public:
+  explicit BadLoads(int64_t L) : first_(static_cast<size_t>(L), -1) {}
+  // Records layer l's result; true if the layer may be placed.
+  bool ok(int64_t l, int64_t first_bad) {
+    first_[static_cast<size_t>(l)] = first_bad;
+    return first_bad < 0;
+  }
+  template <typename T>
+  void report(const Loads<T>& t, const char* name, bool three_d) const {
+    report_bad_load(t, first_.data(), name, three_d);
+  }
+
+ private:
+  std::vector<int64_t> first_;
+};
 
 std::tuple<Tensor, Tensor> balanced_packing_cpu(Tensor weight, int64_t num_packs) {
   check_packing_args(weight, num_packs);
@@ -36,11 +47,14 @@ std::tuple<Tensor, Tensor> balanced_packing_cpu(Tensor weight, int64_t num_packs
   dispatch_loads(weight, "weight", [&](auto tag) {
     using T = decltype(tag);
     const Loads<T> w = make_loads<T>(weight);
-    check_loads(w, "weight", false);
+    BadLoads bad(L);
     const int64_t bytes = packing_row_scratch(n, num_packs, nullptr, nullptr);
     for_each_layer(L, grain_for(n * 8), bytes, [&](int64_t l, void* buf) {
-      packing_row(w, l, (int32_t)num_packs, buf, ptr<int64_t>(pack), ptr<int64_t>(rank));
+      if (bad.ok(l, first_bad_load(w, l))) {
+        packing_row(w, l, (int32_t)num_packs, buf, ptr<int64_t>(pack), ptr<int64_t>(rank));
+      }
     });
+    bad.report(w, "weight", false);
   });
   return {pack, rank};
 }
@@ -55,12 +69,15 @@ std::tuple<Tensor, Tensor, Tensor> replicate_experts_cpu(Tensor weight, int64_t 
   dispatch_loads(weight, "weight", [&](auto tag) {
     using T = decltype(tag);
     const Loads<T> w = make_loads<T>(weight);
-    check_loads(w, "weight", false);
+    BadLoads bad(L);
     const int64_t bytes = replicate_row_scratch(n, num_phy, nullptr, nullptr);
     for_each_layer(L, grain_for(n + num_phy * 8), bytes, [&](int64_t l, void* buf) {
-      replicate_row(w, l, (int32_t)num_phy, buf, ptr<int64_t>(phy2log), ptr<int64_t>(rank),
-                    ptr<int64_t>(logcnt));
+      if (bad.ok(l, first_bad_load(w, l))) {
+        replicate_row(w, l, (int32_t)num_phy, buf, ptr<int64_t>(phy2log), ptr<int64_t>(rank),
+                      ptr<int64_t>(logcnt));
+      }
     });
+    bad.report(w, "weight", false);
   });
   return {phy2log, rank, logcnt};
 }
@@ -75,20 +92,21 @@ std::tuple<Tensor, Tensor, Tensor> deepseek_cpu(Tensor tokens, int64_t P, int64_
   dispatch_loads(tokens, "tokens_per_expert", [&](auto tag) {
     using T = decltype(tag);
     const Loads<T> t = make_loads<T>(tokens);
-    check_loads(t, "tokens_per_expert", true);
+    BadLoads bad(a.L);
     const DeepseekDims d{(int32_t)a.E, (int32_t)a.P, (int32_t)a.C, (int32_t)a.N, (int32_t)a.G};
     const int64_t bytes = deepseek_scratch(d, nullptr, nullptr);
     const int64_t work = a.S * a.E + 16 * a.P + 8 * a.E;
     for_each_layer(a.L, grain_for(work), bytes, [&](int64_t l, void* buf) {
       DeepseekScratch s;
       deepseek_scratch(d, buf, &s);
-      load_layer(t, l, s.w, s.acc, nullptr);
+      if (!bad.ok(l, load_layer(t, l, s.w, s.acc, nullptr))) return;
       deepseek_renumber(d, s, deepseek_pack(d, buf, d.N));
       int64_t* p2l = ptr<int64_t>(phy2log) + l * a.P;
       int64_t* rk = ptr<int64_t>(rank) + l * a.P;
       for (int32_t n = 0; n < d.N; ++n) deepseek_node(d, s, deepseek_pack(d, buf, n), n, p2l, rk);
       for (int32_t e = 0; e < d.E; ++e) deepseek_count(s, e, ptr<int64_t>(logcnt) + l * a.E);
     });
+    bad.report(t, "tokens_per_expert", true);
   });
   return {phy2log, rank, logcnt};
 }
@@ -101,11 +119,9 @@ Tensor logical_to_physical_cpu(Tensor phy2log, Tensor rank, int64_t E, int64_t w
   const int64_t* p2l = ptr<int64_t>(phy2log);
   const int64_t* rk = ptr<int64_t>(rank);
   int64_t* o = ptr<int64_t>(out);
-  torch::stable::parallel_for(0, a.L, grain_for(a.E * a.X + a.P), [&](int64_t b, int64_t e) {
-    for (int64_t l = b; l < e; ++l) {
-      std::fill(o + l * a.E * a.X, o + (l + 1) * a.E * a.X, int64_t{-1});
-      scatter_log2phy(p2l + l * a.P, rk + l * a.P, a.P, a.E, a.X, o + l * a.E * a.X);
-    }
+  for_each_layer(a.L, grain_for(a.E * a.X + a.P), 0, [&](int64_t l, void*) {
+    std::fill(o + l * a.E * a.X, o + (l + 1) * a.E * a.X, int64_t{-1});
+    scatter_log2phy(p2l + l * a.P, rk + l * a.P, a.P, a.E, a.X, o + l * a.E * a.X);
   });
   return out;
 }
@@ -120,7 +136,7 @@ std::tuple<Tensor, Tensor, Tensor> deepseek_vec_cpu(Tensor tokens, int64_t P, in
   dispatch_loads(tokens, "tokens_per_expert", [&](auto tag) {
     using T = decltype(tag);
     const Loads<T> t = make_loads<T>(tokens);
-    check_loads(t, "tokens_per_expert", true);
+    BadLoads bad(a.L);
     const VecDims d{a.S, (int32_t)a.E, (int32_t)a.P, (int32_t)a.k, (int32_t)a.C, (int32_t)a.N};
     const int64_t bytes = vec_scratch(d, nullptr, nullptr);
     const int64_t work = (a.S + 1) * (3 * a.E + (a.P - a.E) * 8) + 8 * a.P;
@@ -132,8 +148,10 @@ std::tuple<Tensor, Tensor, Tensor> deepseek_vec_cpu(Tensor tokens, int64_t P, in
       std::fill(l2p, l2p + a.E * a.X, int32_t{-1});
       VecScratch s;
       vec_scratch(d, buf, &s);
-      vec_layer(t, l, d, s, ptr<int32_t>(phy2log) + l * a.P, l2p, ptr<int32_t>(logcnt) + l * a.E);
+      bad.ok(l, vec_layer(t, l, d, s, ptr<int32_t>(phy2log) + l * a.P, l2p,
+                          ptr<int32_t>(logcnt) + l * a.E));
     });
+    bad.report(t, "tokens_per_expert", true);
   });
   return {phy2log, log2phy, logcnt};
 }
