@@ -122,11 +122,14 @@ struct VecChunk {
       const float a1 = lv1[st], b1 = rv1[st], a2 = lv2[st], b2 = rv2[st];
       const int32_t ai = li1[st], bi = ri1[st];
       const uint32_t right = lane_mask(b1 > a1);
-      const float lose = select_f32(right, a1, b1);
+      // `x > y ? x : y` and `x < y ? x : y` return one operand's bits
+      // exactly (the other on equal values), which SSE's max and min do in
+      // one instruction each; the mixed-type selects stay bitwise.
+      const float lose = a1 < b1 ? a1 : b1;
       const float keep = select_f32(right, b2, a2);
-      v1[st] = select_f32(right, b1, a1);
+      v1[st] = b1 > a1 ? b1 : a1;
       i1[st] = select_i32(right, bi, ai);
-      v2[st] = select_f32(lane_mask(lose > keep), lose, keep);
+      v2[st] = lose > keep ? lose : keep;
     });
   }
 
@@ -281,10 +284,11 @@ EPLB_HD void vec_deal_chunk(VecDims d, VecScratch s, int32_t c, P2L* phy2log, Ou
       s.slot_w[x] = div_f32(s.expert_sum[s.orig[e]], (float)s.cnt[e]);
     }
     argsort_desc_stable(s.slot_w, pn, s.pack.order, s.pack.keys, s.pack.tmp);
-    for (int32_t r = 0; r < pn; ++r) {
-      const int32_t q = r / gpus, j = r % gpus;
+    // Round q deals ranks q * gpus ...: forwards when q is even.
+    for (int32_t r = 0, q = 0, j = 0; r < pn; ++r) {
       const int32_t g = (q % 2 == 0) ? j : gpus - 1 - j;
       s.newpos[s.pack.order[r]] = g * d.k + q;
+      if (++j == gpus) j = 0, ++q;
     }
   } else {
     for (int32_t x = 0; x < pn; ++x) s.newpos[x] = x;
