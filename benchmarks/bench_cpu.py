@@ -1,7 +1,7 @@
 """CPU benchmark: the compiled ``rebalance_experts`` against the pure-PyTorch
 reference (``eplb_ext.reference``, the published implementations' approach).
 
-    python benchmarks/bench_cpu.py [--quick] [--json OUT] [--no-memory]
+    python benchmarks/bench_cpu.py [--quick] [--json OUT] [--no-memory] [--threads T] [--busy N]
 
 Every variant on every deployment of ``eplb_ext.demo.BENCH_DEPLOYMENTS``
 (DeepSeek-V3 on 4x8 GPUs / 288 slots, 8x8 / 320, 18x8 with 2 slots per GPU,
@@ -26,7 +26,10 @@ JSON, since other work on the machine skews timings: both implementations
 run torch parallel regions over all cores by default, and a parallel region
 waits for its slowest thread, so on a busy machine short calls stretch to
 whole scheduler ticks (4 ms). Run it on an otherwise idle machine, or pin
-``--threads``.
+``--threads``. ``--busy N`` does the opposite on purpose: it starts N
+CPU-bound processes that compete for the cores during the run (and stops
+them after), to show the timings of a busy serving host; compare with a
+quiet run.
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ from __future__ import annotations
 import argparse
 
 import torch
-from common import Run
+from common import Run, busy
 
 from eplb_ext.demo import BENCH_PRESETS, memory_measurable, run_bench
 
@@ -65,6 +68,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed of the synthetic loads")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch threads for both implementations (default: torch's default, one per core)")
+    parser.add_argument("--busy", type=int, default=0, metavar="N",
+                        help="start N CPU-bound processes competing for the cores during the run")
     args = parser.parse_args()
     if args.threads is not None:
         torch.set_num_threads(args.threads)
@@ -72,9 +77,10 @@ def main() -> None:
     preset_name = "quick" if args.quick else "full"
     preset = BENCH_PRESETS[preset_name]
     memory = not args.no_memory and memory_measurable()
-    run = Run("bench_cpu", preset=preset_name, seed=args.seed, memory=memory,
-              deployments=",".join(preset.deployments), steps=",".join(map(str, preset.steps)))
-    rows = run_bench(preset, seed=args.seed, memory=memory)
+    run = Run("bench_cpu", preset=preset_name, seed=args.seed, memory=memory, threads=torch.get_num_threads(),
+              busy=args.busy, deployments=",".join(preset.deployments), steps=",".join(map(str, preset.steps)))
+    with busy(args.busy):
+        rows = run_bench(preset, seed=args.seed, memory=memory)
     print_headline(rows)
     run.finish(rows, args.json)
 

@@ -1,14 +1,17 @@
 """What the CPU benchmark scripts share: importing the package from this
-checkout when it is not installed, the machine header and the JSON file."""
+checkout when it is not installed, the machine header, the JSON file, and
+competing processes that make the machine busy."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Dict, Optional
+from typing import Dict, Iterator, Optional
 
 try:
     import eplb_ext  # noqa: F401  (an installed copy, or one on PYTHONPATH)
@@ -26,6 +29,27 @@ def load_average() -> Optional[float]:
         return os.getloadavg()[0]
     except (AttributeError, OSError):
         return None
+
+
+@contextlib.contextmanager
+def busy(n: int) -> Iterator[None]:
+    """Runs ``n`` CPU-bound processes (each spins one core) while the block
+    runs, then stops them: a serving host is rarely idle, and a call that
+    spreads over every core must then share them."""
+    procs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(max(n, 0))]
+    try:
+        if procs:
+            time.sleep(1.0)  # let the scheduler see them before timing starts
+            print(f"busy: {n} competing CPU-bound processes running; "
+                  f"1-min load average now {load_average()}", flush=True)
+        yield
+    finally:
+        for p in procs:
+            p.kill()
+        for p in procs:
+            p.wait()
+        if procs:
+            print(f"busy: stopped {n} competing processes; 1-min load average {load_average()}", flush=True)
 
 
 class Run:

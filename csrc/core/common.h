@@ -216,67 +216,6 @@ struct Sum128 {
   }
 };
 
-// Sums over steps of every expert of layer l into out[E] (SPEC "sum over
-// steps"): integer loads are summed exactly (they are checked to be >= 0, so
-// unsigned wrap-around is the only overflow and it is well defined) in
-// acc[E] (Sum128) and converted to float32 once; floating loads are converted first
-// and added s = 0, 1, ... in float32. If tt is given, also stores the layer's
-// loads as float32, expert-major: tt[e * S + s]. Steps are read in blocks so
-// that both the rows read and the columns written stay in cache.
-template <typename T>
-EPLB_HD void add_row(const T* row, int64_t se, int64_t E, float* out, Sum128* acc) {
-  if constexpr (std::is_integral<T>::value) {
-    for (int64_t e = 0; e < E; ++e) acc[e].add((uint64_t)row[e * se]);
-  } else {
-    for (int64_t e = 0; e < E; ++e) out[e] = out[e] + to_f32<T>(row[e * se]);
-  }
-}
-
-template <typename T>
-EPLB_HD void load_layer(const Loads<T>& t, int64_t l, float* out, Sum128* acc, float* tt) {
-  constexpr int64_t kBlock = 16;
-  const int64_t E = t.E, S = t.S;
-  for (int64_t e = 0; e < E; ++e) {
-    acc[e] = Sum128{0, 0};
-    out[e] = 0.0f;
-  }
-  for (int64_t s0 = 0; s0 < S; s0 += kBlock) {
-    const int64_t s1 = s0 + kBlock < S ? s0 + kBlock : S;
-    for (int64_t s = s0; s < s1; ++s) {
-      const T* row = t.data + s * t.ss + l * t.sl;
-      if (t.se == 1) {
-        add_row(row, 1, E, out, acc);
-      } else {
-        add_row(row, t.se, E, out, acc);
-      }
-    }
-    if (tt) {
-      for (int64_t s = s0; s < s1; ++s) {
-        const T* row = t.data + s * t.ss + l * t.sl;
-        for (int64_t e = 0; e < E; ++e) tt[e * S + s] = to_f32<T>(row[e * t.se]);
-      }
-    }
-  }
-  if constexpr (std::is_integral<T>::value) {
-    for (int64_t e = 0; e < E; ++e) out[e] = acc[e].to_f32();
-  }
-}
-
-// The same sum for one expert, for a thread that owns expert e (the CUDA
-// kernels): the same additions in the same order as load_layer.
-template <typename T>
-EPLB_HD float sum_over_steps_one(const Loads<T>& t, int64_t l, int64_t e) {
-  if constexpr (std::is_integral<T>::value) {
-    Sum128 a{0, 0};
-    for (int64_t s = 0; s < t.S; ++s) a.add((uint64_t)t.raw(s, l, e));
-    return a.to_f32();
-  } else {
-    float a = 0.0f;
-    for (int64_t s = 0; s < t.S; ++s) a = a + t.at(s, l, e);
-    return a;
-  }
-}
-
 // Why a stored load is rejected (SPEC "Bad input"); 0 means it is fine.
 enum LoadFault : int32_t { kLoadOk = 0, kLoadNegative = 1, kLoadNaN = 2, kLoadInf = 3 };
 
@@ -317,6 +256,100 @@ EPLB_HD int64_t first_bad_load(const Loads<T>& t, int64_t l) {
     }
   }
   return -1;
+}
+
+// One step's row into the running sums. Integers are added as uint64 (a
+// negative value wraps, but it also sets bit 63 of `bits`, the OR of every
+// value, which then rejects the layer); floats are converted and added in
+// float32, and `bits` collects their faults.
+template <typename T>
+EPLB_HD void add_row(const T* row, int64_t se, int64_t E, float* out, uint64_t* sum,
+                     uint64_t& bits) {
+  uint64_t b = 0;
+  if constexpr (std::is_integral<T>::value) {
+    for (int64_t e = 0; e < E; ++e) {
+      const uint64_t v = (uint64_t)row[e * se];
+      sum[e] += v;
+      b |= v;
+    }
+  } else {
+    for (int64_t e = 0; e < E; ++e) {
+      out[e] = out[e] + to_f32<T>(row[e * se]);
+      b |= (uint64_t)load_fault(row[e * se]);
+    }
+  }
+  bits |= b;
+}
+
+// Sums over steps of every expert of layer l into out[E] (SPEC "sum over
+// steps") and checks every load of the layer on the way, in one read of
+// the input. Returns -1, or the first faulty load as first_bad_load does
+// (out is then meaningless). Integer loads are summed exactly: in plain
+// uint64 when the OR of the values bounds the sum below 2^64 (every value
+// <= OR, so the sum <= S * OR), else again in 128 bits (acc, Sum128); either
+// way converted to float32 once. Floating loads are converted first and
+// added s = 0, 1, ... in float32. If tt is given, also stores the layer's
+// loads as float32, expert-major: tt[e * S + s]. Steps are read in blocks so
+// that both the rows read and the columns written stay in cache. acc
+// (E Sum128) also holds the plain uint64 sums.
+template <typename T>
+EPLB_HD int64_t load_layer(const Loads<T>& t, int64_t l, float* out, Sum128* acc, float* tt) {
+  constexpr int64_t kBlock = 16;
+  const int64_t E = t.E, S = t.S;
+  uint64_t* sum = (uint64_t*)acc;
+  for (int64_t e = 0; e < E; ++e) {
+    sum[e] = 0;
+    out[e] = 0.0f;
+  }
+  uint64_t bits = 0;
+  for (int64_t s0 = 0; s0 < S; s0 += kBlock) {
+    const int64_t s1 = s0 + kBlock < S ? s0 + kBlock : S;
+    for (int64_t s = s0; s < s1; ++s) {
+      const T* row = t.data + s * t.ss + l * t.sl;
+      if (t.se == 1) {
+        add_row(row, 1, E, out, sum, bits);
+      } else {
+        add_row(row, t.se, E, out, sum, bits);
+      }
+    }
+    if (tt) {
+      for (int64_t s = s0; s < s1; ++s) {
+        const T* row = t.data + s * t.ss + l * t.sl;
+        for (int64_t e = 0; e < E; ++e) tt[e * S + s] = to_f32<T>(row[e * t.se]);
+      }
+    }
+  }
+  if constexpr (std::is_integral<T>::value) {
+    if (std::is_signed<T>::value && (bits >> 63) != 0) return first_bad_load(t, l);
+    if (S <= 1 || bits <= ~(uint64_t)0 / (uint64_t)S) {
+      for (int64_t e = 0; e < E; ++e) out[e] = (float)sum[e];
+      return -1;
+    }
+    for (int64_t e = 0; e < E; ++e) acc[e] = Sum128{0, 0};
+    for (int64_t s = 0; s < S; ++s) {
+      const T* row = t.data + s * t.ss + l * t.sl;
+      for (int64_t e = 0; e < E; ++e) acc[e].add((uint64_t)row[e * t.se]);
+    }
+    for (int64_t e = 0; e < E; ++e) out[e] = acc[e].to_f32();
+    return -1;
+  } else {
+    return bits != 0 ? first_bad_load(t, l) : -1;
+  }
+}
+
+// The same sum for one expert, for a thread that owns expert e (the CUDA
+// kernels): the same additions in the same order as load_layer.
+template <typename T>
+EPLB_HD float sum_over_steps_one(const Loads<T>& t, int64_t l, int64_t e) {
+  if constexpr (std::is_integral<T>::value) {
+    Sum128 a{0, 0};
+    for (int64_t s = 0; s < t.S; ++s) a.add((uint64_t)t.raw(s, l, e));
+    return a.to_f32();
+  } else {
+    float a = 0.0f;
+    for (int64_t s = 0; s < t.S; ++s) a = a + t.at(s, l, e);
+    return a;
+  }
 }
 
 }  // namespace eplb

@@ -17,20 +17,62 @@ EPLB_HD uint64_t desc_key(float w, int32_t i) {
   return ((uint64_t)(~bits) << 32) | (uint32_t)i;
 }
 
-EPLB_HD uint64_t pack_key(float w, bool full) {
+// Pack p's key: an open pack before a full one, then the smaller weight
+// (weights >= 0, whose bits order like their values; +0 turns -0 into +0),
+// then the lower index (p < 2^30). Keys are unique, so the smallest is the
+// first lightest open pack.
+EPLB_HD uint64_t pack_key(float w, bool full, int32_t p) {
   const float z = w + 0.0f;
   uint32_t bits;
   memcpy(&bits, &z, sizeof(bits));
-  return ((uint64_t)full << 32) | bits;
+  return ((uint64_t)full << 62) | ((uint64_t)bits << 30) | (uint32_t)p;
+}
+
+// Host only: least-significant-digit radix sort of the keys on their weight
+// half, a byte per pass; each pass is stable and the keys start in index
+// order, so ties stay in index order. Passes over a byte that every key
+// shares are skipped. About half the instructions of the merge sort for a
+// few hundred keys.
+inline void radix_sort_keys(int32_t n, uint64_t* keys, uint64_t* tmp, int32_t* idx) {
+  uint32_t count[4][256] = {};
+  for (int32_t i = 0; i < n; ++i) {
+    const uint64_t k = keys[i];
+    for (int p = 0; p < 4; ++p) ++count[p][(k >> (32 + 8 * p)) & 255u];
+  }
+  uint64_t* src = keys;
+  uint64_t* dst = tmp;
+  for (int p = 0; p < 4; ++p) {
+    const int shift = 32 + 8 * p;
+    uint32_t* c = count[p];
+    if (c[(src[0] >> shift) & 255u] == (uint32_t)n) continue;
+    uint32_t total = 0;
+    for (int b = 0; b < 256; ++b) {
+      const uint32_t x = c[b];
+      c[b] = total;
+      total += x;
+    }
+    for (int32_t i = 0; i < n; ++i) dst[c[(src[i] >> shift) & 255u]++] = src[i];
+    uint64_t* t = src;
+    src = dst;
+    dst = t;
+  }
+  for (int32_t i = 0; i < n; ++i) idx[i] = (int32_t)(uint32_t)src[i];
 }
 
 // Stable argsort by weight, descending, into idx[0..n); keys and tmp are
-// scratch of n. Bottom-up merge sort of the keys: O(n log n), no recursion,
-// so it also runs inside a CUDA thread; keys are unique, so the order is
-// fully determined.
+// scratch of n. Keys are unique, so the order is fully determined whatever
+// the algorithm: a radix sort on the host for larger n, else a bottom-up
+// merge sort of the keys: O(n log n), no recursion, so it also runs inside
+// a CUDA thread.
 EPLB_HD void argsort_desc_stable(const float* w, int32_t n, int32_t* idx, uint64_t* keys,
                                  uint64_t* tmp) {
   for (int32_t i = 0; i < n; ++i) keys[i] = desc_key(w[i], i);
+#if !defined(__CUDA_ARCH__)
+  if (n >= 128) {
+    radix_sort_keys(n, keys, tmp, idx);
+    return;
+  }
+#endif
   uint64_t* src = keys;
   uint64_t* dst = tmp;
   for (int32_t width = 1; width < n; width *= 2) {
@@ -58,7 +100,7 @@ EPLB_HD void argsort_desc_stable(const float* w, int32_t n, int32_t* idx, uint64
 
 struct PackScratch {
   int32_t* order;  // n
-  uint64_t* keys;  // max(n, next_pow2(m))
+  uint64_t* keys;  // max(n, 2 next_pow2(m))
   uint64_t* tmp;   // n
   float* pack_w;   // m
   int32_t* pack_n; // m
@@ -69,7 +111,7 @@ struct PackScratch {
 EPLB_HD PackScratch take_pack_scratch(Carver& c, int64_t n, int64_t m) {
   PackScratch s;
   s.order = c.take<int32_t>(n);
-  s.keys = c.take<uint64_t>(n > next_pow2((int32_t)m) ? n : next_pow2((int32_t)m));
+  s.keys = c.take<uint64_t>(n > 2 * next_pow2((int32_t)m) ? n : 2 * next_pow2((int32_t)m));
   s.tmp = c.take<uint64_t>(n);
   s.pack_w = c.take<float>(m);
   s.pack_n = c.take<int32_t>(m);
@@ -96,23 +138,23 @@ EPLB_HD void balanced_pack(const float* w, int32_t n, int32_t m, bool shortcut,
     s.pack_w[p] = 0.0f;
     s.pack_n[p] = 0;
   }
-  // The lightest open pack: each pack's key is (full, weight bits), so an
-  // open pack beats a full one and then the smaller weight wins (weights are
-  // >= 0, whose bits order like their values); padding leaves are full.
-  uint64_t* key = s.keys;  // the sort is done with them
+  // The lightest open pack: a tree of minima over the packs' keys, t[1] the
+  // root, leaves at t[m2 + p]; padding leaves hold the largest key.
   const int32_t m2 = next_pow2(m);
-  for (int32_t p = 0; p < m2; ++p) key[p] = p < m ? pack_key(0.0f, false) : ~(uint64_t)0;
-  auto tree = make_winner_tree(s.win, m, [=](int32_t r, int32_t l) { return key[r] < key[l]; });
-  tree.build();
+  uint64_t* t = s.keys;  // the sort is done with them
+  for (int32_t p = 0; p < m2; ++p) t[m2 + p] = p < m ? pack_key(0.0f, false, p) : ~(uint64_t)0;
+  for (int32_t x = m2 - 1; x >= 1; --x) t[x] = t[2 * x] < t[2 * x + 1] ? t[2 * x] : t[2 * x + 1];
+  const uint64_t kIndex = (uint64_t{1} << 30) - 1;
   for (int32_t r = 0; r < n; ++r) {
     const int32_t item = s.order[r];
-    const int32_t best = tree.top();
+    const int32_t best = (int32_t)(t[1] & kIndex);
     pack[item] = best;
     rank[item] = s.pack_n[best];
     s.pack_w[best] = s.pack_w[best] + w[item];
     s.pack_n[best] += 1;
-    key[best] = pack_key(s.pack_w[best], s.pack_n[best] >= cap);
-    tree.update(best);
+    int32_t x = m2 + best;
+    t[x] = pack_key(s.pack_w[best], s.pack_n[best] >= cap, best);
+    for (x >>= 1; x >= 1; x >>= 1) t[x] = t[2 * x] < t[2 * x + 1] ? t[2 * x] : t[2 * x + 1];
   }
 }
 

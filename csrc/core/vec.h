@@ -122,11 +122,14 @@ struct VecChunk {
       const float a1 = lv1[st], b1 = rv1[st], a2 = lv2[st], b2 = rv2[st];
       const int32_t ai = li1[st], bi = ri1[st];
       const uint32_t right = lane_mask(b1 > a1);
-      const float lose = select_f32(right, a1, b1);
+      // `x > y ? x : y` and `x < y ? x : y` return one operand's bits
+      // exactly (the other on equal values), which SSE's max and min do in
+      // one instruction each; the mixed-type selects stay bitwise.
+      const float lose = a1 < b1 ? a1 : b1;
       const float keep = select_f32(right, b2, a2);
-      v1[st] = select_f32(right, b1, a1);
+      v1[st] = b1 > a1 ? b1 : a1;
       i1[st] = select_i32(right, bi, ai);
-      v2[st] = select_f32(lane_mask(lose > keep), lose, keep);
+      v2[st] = lose > keep ? lose : keep;
     });
   }
 
@@ -281,10 +284,11 @@ EPLB_HD void vec_deal_chunk(VecDims d, VecScratch s, int32_t c, P2L* phy2log, Ou
       s.slot_w[x] = div_f32(s.expert_sum[s.orig[e]], (float)s.cnt[e]);
     }
     argsort_desc_stable(s.slot_w, pn, s.pack.order, s.pack.keys, s.pack.tmp);
-    for (int32_t r = 0; r < pn; ++r) {
-      const int32_t q = r / gpus, j = r % gpus;
+    // Round q deals ranks q * gpus ...: forwards when q is even.
+    for (int32_t r = 0, q = 0, j = 0; r < pn; ++r) {
       const int32_t g = (q % 2 == 0) ? j : gpus - 1 - j;
       s.newpos[s.pack.order[r]] = g * d.k + q;
+      if (++j == gpus) j = 0, ++q;
     }
   } else {
     for (int32_t x = 0; x < pn; ++x) s.newpos[x] = x;
@@ -309,12 +313,14 @@ EPLB_HD void vec_add_replica(VecDims d, VecScratch s, int32_t c, int32_t i, int3
 
 // One layer, single-threaded: the CPU kernel's unit of work. The CUDA kernel
 // runs the same phases with the step loops spread over a block's threads.
+// Returns -1, or the layer's first bad load (load_layer), placing nothing.
 template <typename T, typename P2L, typename OutT>
-EPLB_HD void vec_layer(const Loads<T>& t, int64_t l, VecDims d, VecScratch s, P2L* phy2log,
+EPLB_HD int64_t vec_layer(const Loads<T>& t, int64_t l, VecDims d, VecScratch s, P2L* phy2log,
                        OutT* log2phy, OutT* logcnt) {
   const int32_t en = d.E / d.N, rn = (d.P - d.E) / d.N;
   const int64_t S = d.S;
-  load_layer(t, l, s.expert_sum, s.acc, s.tt);
+  const int64_t bad = load_layer(t, l, s.expert_sum, s.acc, s.tt);
+  if (bad >= 0) return bad;
   vec_renumber(d, s);
   for (int32_t c = 0; c < d.N; ++c) {
     VecChunk ch{s, S, c * en, en, next_pow2(en)};
@@ -331,6 +337,7 @@ EPLB_HD void vec_layer(const Loads<T>& t, int64_t l, VecDims d, VecScratch s, P2
     }
     vec_deal_chunk(d, s, c, phy2log, log2phy, logcnt);
   }
+  return -1;
 }
 
 }  // namespace eplb

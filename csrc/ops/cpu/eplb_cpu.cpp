@@ -1,7 +1,8 @@
-// CPU kernels: each op checks its arguments and every load before any work,
-// then runs the torch-free core per layer with torch's parallel_for. Layers
-// are independent and each writes only its own rows, so the result does not
-// depend on the thread count.
+// CPU kernels: each op checks its arguments, then runs the torch-free core
+// per layer (for_each_layer). Each layer's loads are checked in the same read
+// that sums them, and a bad load raises once every layer is done, before any
+// output is returned. Layers are independent and each writes only its own
+// rows, so the result does not depend on the thread count.
 #include <torch/csrc/stable/library.h>
 
 #include <algorithm>
@@ -18,13 +19,47 @@ namespace {
 
 using torch::stable::Tensor;
 
+// Each layer's first bad load (first_bad_load), -1 where none; raises for
+// the first in (step, layer, expert) order.
+class BadLoads {
+ public:
+  explicit BadLoads(int64_t L) : first_(static_cast<size_t>(L), -1) {}
+  // Records layer l's result; true if the layer may be placed.
+  bool ok(int64_t l, int64_t first_bad) {
+    first_[static_cast<size_t>(l)] = first_bad;
+    return first_bad < 0;
+  }
+  template <typename T>
+  void report(const Loads<T>& t, const char* name, bool three_d) const {
+    report_bad_load(t, first_.data(), name, three_d);
+  }
+
+ private:
+  std::vector<int64_t> first_;
+};
+
+// Every layer's sums over steps (load_layer), [L, E]. When the layers of a
+// step are adjacent in memory, B of them are summed as one row of B * E
+// loads: each step then reads one long contiguous run instead of B short
+// ones, which the hardware prefetchers follow much better.
 template <typename T>
-void check_loads(const Loads<T>& t, const char* name, bool three_d) {
-  std::vector<int64_t> bad(static_cast<size_t>(t.L), -1);
-  torch::stable::parallel_for(0, t.L, grain_for(t.S * t.E), [&](int64_t b, int64_t e) {
-    for (int64_t l = b; l < e; ++l) bad[l] = first_bad_load(t, l);
+std::vector<float> sum_steps(const Loads<T>& t, BadLoads& bad) {
+  const int64_t B = t.sl == t.E * t.se ? std::max<int64_t>(1, 4096 / (t.E * (int64_t)sizeof(T))) : 1;
+  const int64_t blocks = (t.L + B - 1) / B;
+  std::vector<float> sums(static_cast<size_t>(t.L * t.E));
+  const int64_t bytes = B * t.E * (int64_t)sizeof(Sum128);
+  for_each_layer(blocks, grain_for(t.S * t.E * B), bytes, [&](int64_t b, void* buf) {
+    const int64_t l0 = b * B, nl = std::min(B, t.L - l0);
+    const Loads<T> run{t.data + l0 * t.sl, t.S, 1, nl * t.E, t.ss, 0, t.se};
+    const int64_t first = load_layer(run, 0, sums.data() + l0 * t.E, static_cast<Sum128*>(buf), nullptr);
+    for (int64_t l = l0; l < l0 + nl; ++l) bad.ok(l, -1);
+    if (first >= 0) {
+      // (step, expert of the run) order is (step, layer, expert) order.
+      const int64_t s = first / run.E, x = first % run.E;
+      bad.ok(l0 + x / t.E, s * t.E + x % t.E);
+    }
   });
-  report_bad_load(t, bad.data(), name, three_d);
+  return sums;
 }
 
 std::tuple<Tensor, Tensor> balanced_packing_cpu(Tensor weight, int64_t num_packs) {
@@ -36,11 +71,16 @@ std::tuple<Tensor, Tensor> balanced_packing_cpu(Tensor weight, int64_t num_packs
   dispatch_loads(weight, "weight", [&](auto tag) {
     using T = decltype(tag);
     const Loads<T> w = make_loads<T>(weight);
-    check_loads(w, "weight", false);
+    BadLoads bad(L);
+    int64_t* pk = ptr<int64_t>(pack);
+    int64_t* rk = ptr<int64_t>(rank);
     const int64_t bytes = packing_row_scratch(n, num_packs, nullptr, nullptr);
     for_each_layer(L, grain_for(n * 8), bytes, [&](int64_t l, void* buf) {
-      packing_row(w, l, (int32_t)num_packs, buf, ptr<int64_t>(pack), ptr<int64_t>(rank));
+      if (bad.ok(l, first_bad_load(w, l))) {
+        packing_row(w, l, (int32_t)num_packs, buf, pk, rk);
+      }
     });
+    bad.report(w, "weight", false);
   });
   return {pack, rank};
 }
@@ -55,12 +95,17 @@ std::tuple<Tensor, Tensor, Tensor> replicate_experts_cpu(Tensor weight, int64_t 
   dispatch_loads(weight, "weight", [&](auto tag) {
     using T = decltype(tag);
     const Loads<T> w = make_loads<T>(weight);
-    check_loads(w, "weight", false);
+    BadLoads bad(L);
+    int64_t* p2l = ptr<int64_t>(phy2log);
+    int64_t* rk = ptr<int64_t>(rank);
+    int64_t* cnt = ptr<int64_t>(logcnt);
     const int64_t bytes = replicate_row_scratch(n, num_phy, nullptr, nullptr);
     for_each_layer(L, grain_for(n + num_phy * 8), bytes, [&](int64_t l, void* buf) {
-      replicate_row(w, l, (int32_t)num_phy, buf, ptr<int64_t>(phy2log), ptr<int64_t>(rank),
-                    ptr<int64_t>(logcnt));
+      if (bad.ok(l, first_bad_load(w, l))) {
+        replicate_row(w, l, (int32_t)num_phy, buf, p2l, rk, cnt);
+      }
     });
+    bad.report(w, "weight", false);
   });
   return {phy2log, rank, logcnt};
 }
@@ -75,20 +120,34 @@ std::tuple<Tensor, Tensor, Tensor> deepseek_cpu(Tensor tokens, int64_t P, int64_
   dispatch_loads(tokens, "tokens_per_expert", [&](auto tag) {
     using T = decltype(tag);
     const Loads<T> t = make_loads<T>(tokens);
-    check_loads(t, "tokens_per_expert", tokens.dim() == 3);
+    BadLoads bad(a.L);
+    // With many steps the sums come first, in a pass of their own that reads
+    // whole rows of several layers at a time (sum_steps).
+    std::vector<float> sums;
+    if (a.S > 1) sums = sum_steps(t, bad);
+    bad.report(t, "tokens_per_expert", tokens.dim() == 3);
     const DeepseekDims d{(int32_t)a.E, (int32_t)a.P, (int32_t)a.C, (int32_t)a.N, (int32_t)a.G};
     const int64_t bytes = deepseek_scratch(d, nullptr, nullptr);
-    const int64_t work = a.S * a.E + 16 * a.P + 8 * a.E;
+    const int64_t work = (sums.empty() ? a.S * a.E : a.E) + 16 * a.P + 8 * a.E;
+    // Data pointers are fetched once: each fetch is a call into torch.
+    int64_t* const p2l_all = ptr<int64_t>(phy2log);
+    int64_t* const rk_all = ptr<int64_t>(rank);
+    int64_t* const cnt_all = ptr<int64_t>(logcnt);
     for_each_layer(a.L, grain_for(work), bytes, [&](int64_t l, void* buf) {
       DeepseekScratch s;
       deepseek_scratch(d, buf, &s);
-      load_layer(t, l, s.w, s.acc, nullptr);
+      if (!sums.empty()) {
+        std::copy(sums.data() + l * a.E, sums.data() + (l + 1) * a.E, s.w);
+      } else if (!bad.ok(l, load_layer(t, l, s.w, s.acc, nullptr))) {
+        return;
+      }
       deepseek_renumber(d, s, deepseek_pack(d, buf, d.N));
-      int64_t* p2l = ptr<int64_t>(phy2log) + l * a.P;
-      int64_t* rk = ptr<int64_t>(rank) + l * a.P;
+      int64_t* p2l = p2l_all + l * a.P;
+      int64_t* rk = rk_all + l * a.P;
       for (int32_t n = 0; n < d.N; ++n) deepseek_node(d, s, deepseek_pack(d, buf, n), n, p2l, rk);
-      for (int32_t e = 0; e < d.E; ++e) deepseek_count(s, e, ptr<int64_t>(logcnt) + l * a.E);
+      for (int32_t e = 0; e < d.E; ++e) deepseek_count(s, e, cnt_all + l * a.E);
     });
+    bad.report(t, "tokens_per_expert", tokens.dim() == 3);
   });
   return {phy2log, rank, logcnt};
 }
@@ -101,11 +160,9 @@ Tensor logical_to_physical_cpu(Tensor phy2log, Tensor rank, int64_t E, int64_t w
   const int64_t* p2l = ptr<int64_t>(phy2log);
   const int64_t* rk = ptr<int64_t>(rank);
   int64_t* o = ptr<int64_t>(out);
-  torch::stable::parallel_for(0, a.L, grain_for(a.E * a.X + a.P), [&](int64_t b, int64_t e) {
-    for (int64_t l = b; l < e; ++l) {
-      std::fill(o + l * a.E * a.X, o + (l + 1) * a.E * a.X, int64_t{-1});
-      scatter_log2phy(p2l + l * a.P, rk + l * a.P, a.P, a.E, a.X, o + l * a.E * a.X);
-    }
+  for_each_layer(a.L, grain_for(a.E * a.X + a.P), 0, [&](int64_t l, void*) {
+    std::fill(o + l * a.E * a.X, o + (l + 1) * a.E * a.X, int64_t{-1});
+    scatter_log2phy(p2l + l * a.P, rk + l * a.P, a.P, a.E, a.X, o + l * a.E * a.X);
   });
   return out;
 }
@@ -121,22 +178,26 @@ std::tuple<Tensor, Tensor, Tensor> deepseek_vec_cpu(Tensor tokens, int64_t P, in
   dispatch_loads(tokens, "tokens_per_expert", [&](auto tag) {
     using T = decltype(tag);
     const Loads<T> t = make_loads<T>(tokens);
+    BadLoads bad(a.L);
     const VecDims d{a.S, (int32_t)a.E, (int32_t)a.P, (int32_t)a.k, (int32_t)a.C, (int32_t)a.N};
     const int64_t bytes = vec_scratch(d, nullptr, nullptr);
     reserve_host_scratch(bytes);
-    check_loads(t, "tokens_per_expert", tokens.dim() == 3);
     const int64_t work = saturating_mul(a.S + 1, 3 * a.E + (a.P - a.E) * 8);
     // Bound the scratch in flight to about one float32 copy of the input.
     const int64_t input_f32 = saturating_mul(saturating_mul(a.S, a.L), 4 * a.E);
     const int64_t max_tasks = std::max<int64_t>(1, input_f32 / std::max<int64_t>(1, bytes));
     const int64_t grain = std::max(grain_for(work), (a.L + max_tasks - 1) / max_tasks);
+    int32_t* const p2l_all = ptr<int32_t>(phy2log);
+    int32_t* const l2p_all = ptr<int32_t>(log2phy);
+    int32_t* const cnt_all = ptr<int32_t>(logcnt);
     for_each_layer(a.L, grain, bytes, [&](int64_t l, void* buf) {
-      int32_t* l2p = ptr<int32_t>(log2phy) + l * a.E * a.X;
+      int32_t* l2p = l2p_all + l * a.E * a.X;
       std::fill(l2p, l2p + a.E * a.X, int32_t{-1});
       VecScratch s;
       vec_scratch(d, buf, &s);
-      vec_layer(t, l, d, s, ptr<int32_t>(phy2log) + l * a.P, l2p, ptr<int32_t>(logcnt) + l * a.E);
+      bad.ok(l, vec_layer(t, l, d, s, p2l_all + l * a.P, l2p, cnt_all + l * a.E));
     });
+    bad.report(t, "tokens_per_expert", tokens.dim() == 3);
   });
   return {phy2log, log2phy, logcnt};
 }
