@@ -22,10 +22,11 @@ on the same input:
 The default run takes about 5 minutes on 2 cores; ``--quick`` (DeepSeek-V3
 at S = 1 and 1000, Qwen3 at S = 1) about a minute. The machine (CPU,
 cores, torch, threads) and the load average are printed and stored in the
-JSON, since other work on the machine skews timings: both implementations
-run torch parallel regions over all cores by default, and a parallel region
-waits for its slowest thread, so on a busy machine short calls stretch to
-whole scheduler ticks (4 ms). Run it on an otherwise idle machine, or pin
+JSON, since other work on the machine skews timings: the reference runs
+torch parallel regions over all cores by default, and a parallel region
+waits for its slowest thread, so on a busy machine its short calls stretch
+to whole scheduler ticks (4 ms); the compiled op spreads only large work
+over threads and never waits for a thread that has not started. Run it on an otherwise idle machine, or pin
 ``--threads``. ``--busy N`` does the opposite on purpose: it starts N
 CPU-bound processes that compete for the cores during the run (and stops
 them after), to show the timings of a busy serving host; compare with a
