@@ -112,9 +112,10 @@ def restore_threads():
 
 
 def _big_inputs():
-    # Enough layers that parallel_for splits them over threads.
-    t = _tokens(S=6, L=96, E=64, seed=5)
-    tf = _tokens(S=6, L=96, E=64, seed=6, dtype=torch.float32) / 7.0
+    # Enough layers for about ten chunks (parallel.h grain_for), which the
+    # threads claim in an order that depends on timing.
+    t = _tokens(S=6, L=600, E=64, seed=5)
+    tf = _tokens(S=6, L=600, E=64, seed=6, dtype=torch.float32) / 7.0
     return t, tf
 
 
