@@ -218,6 +218,37 @@ struct Search {
     }
     return n;
   }
+  // Per donor slot t (its expert y loses a replica), the terms eval_give
+  // adds for y's other holders, which do not depend on the expert given:
+  // each GPU's change summed slot by slot from 0, in first-slot order. Only
+  // for donors whose GPU holds no other copy of y (its change then mixes
+  // with the expert given's) and while the buffer of P entries lasts.
+  EPLB_HD void prep_donors(int32_t nd) {
+    int32_t used = 0;
+    for (int32_t j = 0; j < nd; ++j) {
+      const int32_t t = s.donor[j], h = t / d.k, y = s.cur[t];
+      s.yb[t] = -1;
+      bool simple = true;
+      int32_t n = 0;
+      for (int32_t p = s.head[y]; p >= 0; p = s.nxt[p]) {
+        if (p == t) continue;
+        if (p / d.k == h) simple = false;
+        n += 1;
+      }
+      if (!simple || used + n > d.P) continue;
+      const double dy = s.w[y] / (double)(s.cnt[y] - 1) - s.rep[y];
+      s.yb[t] = used;
+      for (int32_t p = s.head[y]; p >= 0;) {
+        const int32_t g = p / d.k;
+        double dl = 0.0;
+        for (; p >= 0 && p / d.k == g; p = s.nxt[p]) dl = dl + dy;
+        if (g == h) continue;
+        s.yg[used] = g;
+        s.yt[used++] = phi(s.load[g] + dl) - s.phi0[g];
+      }
+      s.ye[t] = used;
+    }
+  }
   EPLB_HD void done_give(int32_t nx) {
     for (int32_t i = 0; i < nx; ++i) s.on[s.xg[i]] &= (uint8_t)~4u;
   }
@@ -228,6 +259,18 @@ struct Search {
   EPLB_HD double eval_give_fast(int32_t t, int32_t x, int32_t n_x) {
     const int32_t h = t / d.k, y = s.cur[t];
     if (s.on[h] & 4) return eval_give(t, x);
+    if (s.yb[t] >= 0) {
+      // prep_donors stored the other holders' terms: the same sums.
+      for (int32_t i = s.yb[t]; i < s.ye[t]; ++i) {
+        if (s.on[s.yg[i]] & 4) return eval_give(t, x);
+      }
+      const double nx = s.w[x] / (double)(s.cnt[x] + 1);
+      double dphi = 0.0;
+      dphi = dphi + (phi(s.load[h] + (nx - s.rep[y])) - s.phi0[h]);
+      for (int32_t i = 0; i < n_x; ++i) dphi = dphi + s.xterm[i];
+      for (int32_t i = s.yb[t]; i < s.ye[t]; ++i) dphi = dphi + s.yt[i];
+      return dphi;
+    }
     for (int32_t p = s.head[y]; p >= 0; p = s.nxt[p]) {
       if (p != t && (s.on[p / d.k] & 4)) return eval_give(t, x);
     }
@@ -346,6 +389,7 @@ EPLB_HD Pick search_step(Search& z, int32_t g, int32_t M) {
     if (s.uniq[t] && s.cnt[s.cur[t]] >= 2) s.donor[nd++] = t;
   }
   if (nd == 0) return best;
+  z.prep_donors(nd);
   for (int32_t i = g * k; i < (g + 1) * k; ++i) {
     if (!s.uniq[i]) continue;
     const int32_t e = s.cur[i];

@@ -49,6 +49,10 @@ struct MigrateScratch {
   int32_t* sadd;     // P      each slot's part of a swap's cost (search, one step)
   double* xterm;     // G      Phi change of each holder of the expert given (search)
   int32_t* xg;       // G      those holders, in first-slot order (search)
+  int32_t* yb;       // P      per donor slot: its range in yg/yt, yb[t] < 0: none (search)
+  int32_t* ye;       // P
+  int32_t* yg;       // P      the other GPUs holding a donor's expert (search, one step)
+  double* yt;        // P      their Phi change when it loses the donor's replica
   uint8_t* uniq;     // P      first slot of its expert on its GPU (search)
   int32_t* head;     // E      first slot of each expert (search)
   int32_t* cnt;      // E      replica counts
@@ -95,6 +99,10 @@ EPLB_HD int64_t migrate_scratch(MigrateDims d, void* buf, MigrateScratch* out) {
   s.sadd = c.take<int32_t>(P);
   s.xterm = c.take<double>(G);
   s.xg = c.take<int32_t>(G);
+  s.yb = c.take<int32_t>(P);
+  s.ye = c.take<int32_t>(P);
+  s.yg = c.take<int32_t>(P);
+  s.yt = c.take<double>(P);
   s.uniq = c.take<uint8_t>(P);
   s.head = c.take<int32_t>(E);
   s.cnt = c.take<int32_t>(E);
