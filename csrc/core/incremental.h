@@ -26,7 +26,9 @@
 //          and h change, so (Phi being convex) the swap helps exactly when
 //          the load it carries is in (0, gap) and most at half the gap;
 //          for each h and each move cost only the swap closest to half the
-//          gap is scored (first in slot order on ties);
+//          gap is scored (first in slot order on ties); an h whose best
+//          possible swap (the half-gap transfer at its cheapest cost) cannot
+//          beat the incumbent is skipped;
 //       b. giving a slot whose expert has >= 2 replicas (any GPU of g's
 //          node) to an expert that g holds: every GPU holding that expert is
 //          relieved at once, which is what pays when the drift sits in a few
@@ -353,7 +355,19 @@ EPLB_HD Pick search_step(Search& z, int32_t g, int32_t M) {
     const double gap = s.load[g] - s.load[h];
     if (h == g || !(gap > 0.0)) continue;
     const double mid = (s.load[g] + s.load[h]) / 2.0;
-    if (!best.worse_than(0, (z.phi(mid) + z.phi(mid)) - (s.phi0[g] + s.phi0[h]))) continue;
+    const double reach = (z.phi(mid) + z.phi(mid)) - (s.phi0[g] + s.phi0[h]);
+    if (!best.worse_than(0, reach)) continue;
+    // The cheapest swap with h costs at least the cheapest g side plus the
+    // cheapest h side; if that is a paid move, h's best drop per move is at
+    // most reach over it, which may already lose to the incumbent.
+    int32_t cmin_g = 9, cmin_h = 9;
+    for (int32_t t = h * k; t < (h + 1) * k; ++t) cmin_h = s.sadd[t] < cmin_h ? s.sadd[t] : cmin_h;
+    for (int32_t i = g * k; i < (g + 1) * k; ++i) {
+      if (s.sadd[i] == 9) continue;
+      const int32_t ce = s.sadd[i] + (int32_t)z.novel(h, s.cur[i]);
+      cmin_g = ce < cmin_g ? ce : cmin_g;
+    }
+    if (cmin_g + cmin_h > 0 && !best.worse_than(cmin_g + cmin_h, reach)) continue;
     const double half = gap / 2.0;
     double key[5];
     int32_t ks[5], kt[5];
