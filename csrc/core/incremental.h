@@ -6,8 +6,11 @@
 //
 //  1. State: the placement (initially Q), replica counts, per-replica loads
 //     rep[e] = w[e] / count[e] and GPU loads (float64, each GPU's slots added
-//     in ascending order, recomputed from scratch after every change, so
-//     they are exactly the loads SPEC defines), and moves(placement, Q).
+//     in ascending order, so they are exactly the loads SPEC defines), and
+//     moves(placement, Q). A change redoes only what it touches: the two
+//     GPUs of a swap, or every GPU holding one of the two experts whose
+//     counts a reassignment changes, each load summed again from its slots
+//     (so the values equal a recomputation from scratch).
 //  2. Objective: Phi = sum over GPUs of max(0, (l_g - mean) / (max - mean))^2,
 //     max taken at the start of the step: the squared excess over the mean.
 //     Unlike the plain maximum it rewards relieving any of several near-tied
@@ -23,7 +26,9 @@
 //          and h change, so (Phi being convex) the swap helps exactly when
 //          the load it carries is in (0, gap) and most at half the gap;
 //          for each h and each move cost only the swap closest to half the
-//          gap is scored (first in slot order on ties);
+//          gap is scored (first in slot order on ties); an h whose best
+//          possible swap (the half-gap transfer at its cheapest cost) cannot
+//          beat the incumbent is skipped;
 //       b. giving a slot whose expert has >= 2 replicas (any GPU of g's
 //          node) to an expert that g holds: every GPU holding that expert is
 //          relieved at once, which is what pays when the drift sits in a few
@@ -89,6 +94,82 @@ struct Search {
     return balancedness_of(d, s, s.cur, d.G);
   }
 
+  // A change touches a few GPUs and at most two experts: the bookkeeping
+  // below updates only those, giving the same values refresh() would.
+  // Slot p leaves expert e's list / joins it in ascending slot order.
+  EPLB_HD void unlink(int32_t e, int32_t p) {
+    if (s.head[e] == p) {
+      s.head[e] = s.nxt[p];
+      return;
+    }
+    int32_t q = s.head[e];
+    while (s.nxt[q] != p) q = s.nxt[q];
+    s.nxt[q] = s.nxt[p];
+  }
+  EPLB_HD void link(int32_t e, int32_t p) {
+    if (s.head[e] < 0 || s.head[e] > p) {
+      s.nxt[p] = s.head[e];
+      s.head[e] = p;
+      return;
+    }
+    int32_t q = s.head[e];
+    while (s.nxt[q] >= 0 && s.nxt[q] < p) q = s.nxt[q];
+    s.nxt[p] = s.nxt[q];
+    s.nxt[q] = p;
+  }
+  // First-copy flags and the load of GPU g, its slots added in ascending
+  // order from 0 (as gpu_loads_bal does), so the loads stay exact.
+  EPLB_HD void redo_gpu(int32_t g) {
+    const int32_t tag = s.tag++;
+    double l = 0.0;
+    for (int32_t j = 0; j < d.k; ++j) {
+      const int32_t e = s.cur[g * d.k + j];
+      s.uniq[g * d.k + j] = s.stamp[e] != tag;
+      s.stamp[e] = tag;
+      l = l + s.rep[e];
+    }
+    s.load[g] = l;
+  }
+  // Balancedness from the loads (all GPUs active in the search).
+  EPLB_HD double bal_now() const {
+    double total = 0.0, peak = 0.0;
+    for (int32_t g = 0; g < d.G; ++g) {
+      total = total + s.load[g];
+      peak = s.load[g] > peak ? s.load[g] : peak;
+    }
+    if (!(peak > 0.0)) return 1.0;
+    return total / (double)d.G / peak;
+  }
+  // Slot a and slot b (other GPUs) exchange experts; cost = change of moves.
+  EPLB_HD double apply_swap(int32_t a, int32_t b, int32_t cost) {
+    const int32_t e = s.cur[a], f = s.cur[b], ga = a / d.k, gb = b / d.k;
+    s.gcnt[(int64_t)ga * d.E + e] -= 2, s.gcnt[(int64_t)gb * d.E + e] += 2;
+    s.gcnt[(int64_t)gb * d.E + f] -= 2, s.gcnt[(int64_t)ga * d.E + f] += 2;
+    unlink(e, a), unlink(f, b);
+    s.cur[a] = f, s.cur[b] = e;
+    link(f, a), link(e, b);
+    moves += cost;
+    redo_gpu(ga), redo_gpu(gb);
+    return bal_now();
+  }
+  // Slot t gets expert x (its expert y keeps >= 1 replica): the replica
+  // loads of x and y change, so every GPU holding either is redone.
+  EPLB_HD double apply_give(int32_t t, int32_t x, int32_t cost) {
+    const int32_t h = t / d.k, y = s.cur[t];
+    s.gcnt[(int64_t)h * d.E + y] -= 2, s.gcnt[(int64_t)h * d.E + x] += 2;
+    unlink(y, t);
+    s.cur[t] = x;
+    link(x, t);
+    s.cnt[x] += 1, s.cnt[y] -= 1;
+    s.rep[x] = s.w[x] / (double)s.cnt[x];
+    s.rep[y] = s.w[y] / (double)s.cnt[y];
+    moves += cost;
+    redo_gpu(h);
+    for (int32_t p = s.head[x]; p >= 0; p = s.nxt[p]) redo_gpu(p / d.k);
+    for (int32_t p = s.head[y]; p >= 0; p = s.nxt[p]) redo_gpu(p / d.k);
+    return bal_now();
+  }
+
   // gcnt holds 2 x (copies of e on g) + (Q had e on g): one read tells
   // whether g gaining e is a move (0) or losing a copy refunds one (2).
   EPLB_HD bool novel(int32_t g, int32_t e) const {
@@ -115,7 +196,104 @@ struct Search {
       const int32_t g = s.touched[i];
       dphi = dphi + (phi(s.load[g] + s.dl[g]) - s.phi0[g]);
       s.dl[g] = 0.0;
-      s.on[g] &= 1;  // clears the "touched" bit (bit 1)
+      s.on[g] &= (uint8_t)~2u;  // clears the "touched" bit (bit 1)
+    }
+    return dphi;
+  }
+
+  // eval_give(t, x) for every donor t spends most of its work on x's
+  // holders, the same for all donors. prep_give stores, per holder GPU in
+  // the order eval_give first touches it, its Phi change (its load change
+  // summed slot by slot from 0, as eval_give does), and marks the holders
+  // (s.on bit 2). Returns their number.
+  EPLB_HD int32_t prep_give(int32_t x) {
+    const double nx = s.w[x] / (double)(s.cnt[x] + 1);
+    const double dx = nx - s.rep[x];
+    int32_t n = 0;
+    for (int32_t p = s.head[x]; p >= 0;) {
+      const int32_t g = p / d.k;
+      double dl = 0.0;
+      for (; p >= 0 && p / d.k == g; p = s.nxt[p]) dl = dl + dx;
+      s.xg[n] = g;
+      s.xterm[n++] = phi(s.load[g] + dl) - s.phi0[g];
+      s.on[g] |= 4;
+    }
+    return n;
+  }
+  // Per donor slot t (its expert y loses a replica), the terms eval_give
+  // adds for y's other holders, which do not depend on the expert given:
+  // each GPU's change summed slot by slot from 0, in first-slot order. Only
+  // for donors whose GPU holds no other copy of y (its change then mixes
+  // with the expert given's) and while the buffer of P entries lasts.
+  EPLB_HD void prep_donors(int32_t nd) {
+    int32_t used = 0;
+    for (int32_t j = 0; j < nd; ++j) {
+      const int32_t t = s.donor[j], h = t / d.k, y = s.cur[t];
+      s.yb[t] = -1;
+      bool simple = true;
+      int32_t n = 0;
+      for (int32_t p = s.head[y]; p >= 0; p = s.nxt[p]) {
+        if (p == t) continue;
+        if (p / d.k == h) simple = false;
+        n += 1;
+      }
+      if (!simple || used + n > d.P) continue;
+      const double dy = s.w[y] / (double)(s.cnt[y] - 1) - s.rep[y];
+      s.yb[t] = used;
+      for (int32_t p = s.head[y]; p >= 0;) {
+        const int32_t g = p / d.k;
+        double dl = 0.0;
+        for (; p >= 0 && p / d.k == g; p = s.nxt[p]) dl = dl + dy;
+        if (g == h) continue;
+        s.yg[used] = g;
+        s.yt[used++] = phi(s.load[g] + dl) - s.phi0[g];
+      }
+      s.ye[t] = used;
+    }
+  }
+  EPLB_HD void done_give(int32_t nx) {
+    for (int32_t i = 0; i < nx; ++i) s.on[s.xg[i]] &= (uint8_t)~4u;
+  }
+  // eval_give(t, x) with the same operations in the same order, when the
+  // donor's GPU and the other GPUs holding its expert y hold no x (else it
+  // falls back to eval_give): then each GPU's change comes from one side
+  // only and the holders' terms are prep_give's.
+  EPLB_HD double eval_give_fast(int32_t t, int32_t x, int32_t n_x) {
+    const int32_t h = t / d.k, y = s.cur[t];
+    if (s.on[h] & 4) return eval_give(t, x);
+    if (s.yb[t] >= 0) {
+      // prep_donors stored the other holders' terms: the same sums.
+      for (int32_t i = s.yb[t]; i < s.ye[t]; ++i) {
+        if (s.on[s.yg[i]] & 4) return eval_give(t, x);
+      }
+      const double nx = s.w[x] / (double)(s.cnt[x] + 1);
+      double dphi = 0.0;
+      dphi = dphi + (phi(s.load[h] + (nx - s.rep[y])) - s.phi0[h]);
+      for (int32_t i = 0; i < n_x; ++i) dphi = dphi + s.xterm[i];
+      for (int32_t i = s.yb[t]; i < s.ye[t]; ++i) dphi = dphi + s.yt[i];
+      return dphi;
+    }
+    for (int32_t p = s.head[y]; p >= 0; p = s.nxt[p]) {
+      if (p != t && (s.on[p / d.k] & 4)) return eval_give(t, x);
+    }
+    const double nx = s.w[x] / (double)(s.cnt[x] + 1);
+    const double ny = s.w[y] / (double)(s.cnt[y] - 1);
+    const double dy = ny - s.rep[y];
+    double dlh = nx - s.rep[y];
+    for (int32_t p = s.head[y]; p >= 0; p = s.nxt[p]) {
+      if (p != t && p / d.k == h) dlh = dlh + dy;
+    }
+    double dphi = 0.0;
+    dphi = dphi + (phi(s.load[h] + dlh) - s.phi0[h]);
+    for (int32_t i = 0; i < n_x; ++i) dphi = dphi + s.xterm[i];
+    for (int32_t p = s.head[y]; p >= 0;) {
+      const int32_t g = p / d.k;
+      double dl = 0.0;
+      bool any = false;
+      for (; p >= 0 && p / d.k == g; p = s.nxt[p]) {
+        if (p != t) dl = dl + dy, any = true;
+      }
+      if (g != h && any) dphi = dphi + (phi(s.load[g] + dl) - s.phi0[g]);
     }
     return dphi;
   }
@@ -162,26 +340,48 @@ EPLB_HD Pick search_step(Search& z, int32_t g, int32_t M) {
   // is convex, so the pair improves exactly when the transfer d is in
   // (0, gap), most when d is half the gap, and equally at the same distance
   // from it. Per move cost (-2 .. 2), only the closest transfer is scored.
+  // The parts of a swap's cost that depend on one side only, and the
+  // replica loads, are read once per slot: srep[t] = rep of t's expert;
+  // sadd[t] = novel(g, f) - last_new(h, f) for a slot t of h holding f
+  // (-last_new(g, e) for g's own slots), or 9 for a GPU's second copy.
+  for (int32_t t = h0 * k; t < h1 * k; ++t) {
+    const int32_t f = s.cur[t], h = t / k;
+    s.srep[t] = s.rep[f];
+    s.sadd[t] = !s.uniq[t] ? 9
+                : h == g   ? -(int32_t)z.last_new(g, f)
+                           : (int32_t)z.novel(g, f) - (int32_t)z.last_new(h, f);
+  }
   for (int32_t h = h0; h < h1; ++h) {
     const double gap = s.load[g] - s.load[h];
     if (h == g || !(gap > 0.0)) continue;
     const double mid = (s.load[g] + s.load[h]) / 2.0;
-    if (!best.worse_than(0, (z.phi(mid) + z.phi(mid)) - (s.phi0[g] + s.phi0[h]))) continue;
+    const double reach = (z.phi(mid) + z.phi(mid)) - (s.phi0[g] + s.phi0[h]);
+    if (!best.worse_than(0, reach)) continue;
+    // The cheapest swap with h costs at least the cheapest g side plus the
+    // cheapest h side; if that is a paid move, h's best drop per move is at
+    // most reach over it, which may already lose to the incumbent.
+    int32_t cmin_g = 9, cmin_h = 9;
+    for (int32_t t = h * k; t < (h + 1) * k; ++t) cmin_h = s.sadd[t] < cmin_h ? s.sadd[t] : cmin_h;
+    for (int32_t i = g * k; i < (g + 1) * k; ++i) {
+      if (s.sadd[i] == 9) continue;
+      const int32_t ce = s.sadd[i] + (int32_t)z.novel(h, s.cur[i]);
+      cmin_g = ce < cmin_g ? ce : cmin_g;
+    }
+    if (cmin_g + cmin_h > 0 && !best.worse_than(cmin_g + cmin_h, reach)) continue;
     const double half = gap / 2.0;
     double key[5];
     int32_t ks[5], kt[5];
     for (int32_t c = 0; c < 5; ++c) ks[c] = -1, key[c] = 0.0;
     for (int32_t i = g * k; i < (g + 1) * k; ++i) {
-      if (!s.uniq[i]) continue;
+      if (s.sadd[i] == 9) continue;
       const int32_t e = s.cur[i];
-      const double a = s.rep[e];
+      const double a = s.srep[i];
+      const int32_t ce = s.sadd[i] + (int32_t)z.novel(h, e);
       for (int32_t t = h * k; t < (h + 1) * k; ++t) {
-        const int32_t f = s.cur[t];
-        const double delta = a - s.rep[f];
-        if (!s.uniq[t] || f == e || !(delta > 0.0) || !(delta < gap)) continue;
+        const double delta = a - s.srep[t];
+        if (s.sadd[t] == 9 || !(delta > 0.0) || !(delta < gap) || s.cur[t] == e) continue;
         const double dist = delta < half ? half - delta : delta - half;
-        const int32_t c = (int32_t)z.novel(h, e) + (int32_t)z.novel(g, f) -
-                          (int32_t)z.last_new(g, e) - (int32_t)z.last_new(h, f);
+        const int32_t c = ce + s.sadd[t];
         if (z.moves + c > M || (ks[c + 2] >= 0 && !(dist < key[c + 2]))) continue;
         ks[c + 2] = i, kt[c + 2] = t, key[c + 2] = dist;
       }
@@ -203,6 +403,7 @@ EPLB_HD Pick search_step(Search& z, int32_t g, int32_t M) {
     if (s.uniq[t] && s.cnt[s.cur[t]] >= 2) s.donor[nd++] = t;
   }
   if (nd == 0) return best;
+  z.prep_donors(nd);
   for (int32_t i = g * k; i < (g + 1) * k; ++i) {
     if (!s.uniq[i]) continue;
     const int32_t e = s.cur[i];
@@ -214,6 +415,7 @@ EPLB_HD Pick search_step(Search& z, int32_t g, int32_t M) {
       const double n_y = (double)(s.gcnt[(int64_t)y * d.E + e] >> 1);
       relief = relief + (s.phi0[y] - z.phi(s.load[y] + n_y * (ne - s.rep[e])));
     }
+    const int32_t n_x = z.prep_give(e);
     for (int32_t j = 0; j < nd; ++j) {
       const int32_t t = s.donor[j], h = t / k, f = s.cur[t];
       if (f == e) continue;
@@ -222,9 +424,10 @@ EPLB_HD Pick search_step(Search& z, int32_t g, int32_t M) {
       double bound = -relief;
       if (ne < s.rep[f]) bound = bound + (z.phi(s.load[h] + (ne - s.rep[f])) - s.phi0[h]);
       if (!best.worse_than(c, bound)) continue;
-      const double dp = z.eval_give(t, e);
+      const double dp = z.eval_give_fast(t, e, n_x);
       if (dp < 0.0) best.offer(1, e, t, c, dp);
     }
+    z.done_give(n_x);
   }
   return best;
 }
@@ -262,7 +465,12 @@ EPLB_HD Pick refund_step(Search& z, double peak) {
 EPLB_HD double incremental_search(MigrateDims d, MigrateScratch& s, bool hier, int32_t M) {
   Search z{d, s, hier, hier ? d.G / d.N : d.G, 0, 0.0, 0.0};
   for (int32_t p = 0; p < d.P; ++p) s.cur[p] = s.best[p] = s.q[p];
-  for (int64_t i = 0; i < (int64_t)d.G * d.E; ++i) s.gcnt[i] = 2 * s.qcnt[i] + (s.qcnt[i] > 0);
+  // gcnt = 2 qcnt + (qcnt > 0): zero but where Q has a slot.
+  for (int64_t i = 0; i < (int64_t)d.G * d.E; ++i) s.gcnt[i] = 0;
+  for (int32_t p = 0; p < d.P; ++p) {
+    const int64_t i = (int64_t)(p / d.k) * d.E + s.q[p];
+    s.gcnt[i] = 2 * s.qcnt[i] + 1;
+  }
   for (int32_t g = 0; g < d.G; ++g) s.dl[g] = 0.0, s.on[g] = 1;
   double best_bal = z.refresh();
   double total = 0.0;
@@ -279,18 +487,7 @@ EPLB_HD double incremental_search(MigrateDims d, MigrateScratch& s, bool hier, i
     Pick pk = search_step(z, g, M);
     if (pk.kind < 0 && z.moves > 0) pk = refund_step(z, s.load[g]);
     if (pk.kind < 0) break;
-    const int32_t k = d.k;
-    if (pk.kind == 0) {
-      const int32_t e = s.cur[pk.a], f = s.cur[pk.b], ga = pk.a / k, gb = pk.b / k;
-      s.gcnt[(int64_t)ga * d.E + e] -= 2, s.gcnt[(int64_t)gb * d.E + e] += 2;
-      s.gcnt[(int64_t)gb * d.E + f] -= 2, s.gcnt[(int64_t)ga * d.E + f] += 2;
-      s.cur[pk.a] = f, s.cur[pk.b] = e;
-    } else {
-      const int32_t h = pk.b / k;
-      s.gcnt[(int64_t)h * d.E + s.cur[pk.b]] -= 2, s.gcnt[(int64_t)h * d.E + pk.a] += 2;
-      s.cur[pk.b] = pk.a;
-    }
-    const double bal = z.refresh();
+    const double bal = pk.kind == 0 ? z.apply_swap(pk.a, pk.b, pk.cost) : z.apply_give(pk.b, pk.a, pk.cost);
     if (bal > best_bal) {
       best_bal = bal;
       for (int32_t p = 0; p < d.P; ++p) s.best[p] = s.cur[p];

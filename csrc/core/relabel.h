@@ -45,12 +45,22 @@ struct MigrateScratch {
   int32_t* best;     // P      the best placement the search has seen
   int32_t* nxt;      // P      next slot of the same expert (search)
   int32_t* donor;    // P      slots whose expert has >= 2 replicas (search)
+  double* srep;      // P      each slot's replica load (search, one step)
+  int32_t* sadd;     // P      each slot's part of a swap's cost (search, one step)
+  double* xterm;     // G      Phi change of each holder of the expert given (search)
+  int32_t* xg;       // G      those holders, in first-slot order (search)
+  int32_t* yb;       // P      per donor slot: its range in yg/yt, yb[t] < 0: none (search)
+  int32_t* ye;       // P
+  int32_t* yg;       // P      the other GPUs holding a donor's expert (search, one step)
+  double* yt;        // P      their Phi change when it loses the donor's replica
   uint8_t* uniq;     // P      first slot of its expert on its GPU (search)
   int32_t* head;     // E      first slot of each expert (search)
   int32_t* cnt;      // E      replica counts
   int32_t* stamp;    // E      "seen on this GPU" marks
   int32_t* home;     // E      node of each expert in Q
   int32_t* qcnt;     // G * E  copies of e on GPU g in Q
+  int32_t* qoff;     // E + 1  offsets into qhold (relabeling)
+  int32_t* qhold;    // P      active GPUs holding each expert in Q, per expert
   int32_t* gcnt;     // G * E  search state per (GPU, expert), incremental.h
   int32_t* overlap;  // G * G
   int64_t* cost;     // G * G  (also N * N)
@@ -85,12 +95,22 @@ EPLB_HD int64_t migrate_scratch(MigrateDims d, void* buf, MigrateScratch* out) {
   s.best = c.take<int32_t>(P);
   s.nxt = c.take<int32_t>(P);
   s.donor = c.take<int32_t>(P);
+  s.srep = c.take<double>(P);
+  s.sadd = c.take<int32_t>(P);
+  s.xterm = c.take<double>(G);
+  s.xg = c.take<int32_t>(G);
+  s.yb = c.take<int32_t>(P);
+  s.ye = c.take<int32_t>(P);
+  s.yg = c.take<int32_t>(P);
+  s.yt = c.take<double>(P);
   s.uniq = c.take<uint8_t>(P);
   s.head = c.take<int32_t>(E);
   s.cnt = c.take<int32_t>(E);
   s.stamp = c.take<int32_t>(E);
   s.home = c.take<int32_t>(E);
   s.qcnt = c.take<int32_t>(G * E);
+  s.qoff = c.take<int32_t>(E + 1);
+  s.qhold = c.take<int32_t>(P);
   s.gcnt = c.take<int32_t>(G * E);
   s.overlap = c.take<int32_t>(G * G);
   s.cost = c.take<int64_t>(G * G > N * N ? G * G : N * N);
@@ -189,6 +209,28 @@ EPLB_HD int64_t assign_gpus(MigrateDims d, MigrateScratch& s, const int32_t* ga,
 // Writes perm (new GPU -> old position) minimising moves; needs qcnt.
 EPLB_HD void relabel_perm(MigrateDims d, MigrateScratch& s, int32_t na, bool hier) {
   for (int64_t i = 0; i < (int64_t)d.G * d.G; ++i) s.overlap[i] = 0;
+  // overlap(a, b) counts the distinct experts of a that b held in Q: for
+  // each such expert, only its few holders in Q are visited (a list per
+  // expert of the active GPUs holding it, each once), not all GPUs.
+  for (int32_t e = 0; e <= d.E; ++e) s.qoff[e] = 0;
+  for (int32_t pass = 0; pass < 2; ++pass) {
+    for (int32_t jb = 0; jb < na; ++jb) {
+      const int32_t b = s.act[jb];
+      const int32_t tag = s.tag++;
+      for (int32_t j = 0; j < d.k; ++j) {
+        const int32_t e = s.q[b * d.k + j];
+        if (e < 0 || s.stamp[e] == tag) continue;
+        s.stamp[e] = tag;
+        if (pass == 0) s.qoff[e + 1] += 1;
+        else s.qhold[s.qoff[e]++] = b;
+      }
+    }
+    // qoff[e] becomes the start of e's list (the counts sit one to the right).
+    if (pass == 0) {
+      for (int32_t e = 0; e < d.E; ++e) s.qoff[e + 1] += s.qoff[e];
+    }
+  }
+  // After the fill, qoff[e] is the end of e's list and qoff[e - 1] its start.
   for (int32_t i = 0; i < na; ++i) {
     const int32_t a = s.act[i];
     const int32_t tag = s.tag++;
@@ -196,9 +238,8 @@ EPLB_HD void relabel_perm(MigrateDims d, MigrateScratch& s, int32_t na, bool hie
       const int32_t e = s.f[a * d.k + j];
       if (e < 0 || s.stamp[e] == tag) continue;
       s.stamp[e] = tag;
-      for (int32_t jb = 0; jb < na; ++jb) {
-        const int32_t b = s.act[jb];
-        s.overlap[(int64_t)a * d.G + b] += s.qcnt[(int64_t)b * d.E + e] > 0;
+      for (int32_t x = e > 0 ? s.qoff[e - 1] : 0; x < s.qoff[e]; ++x) {
+        s.overlap[(int64_t)a * d.G + s.qhold[x]] += 1;
       }
     }
   }

@@ -802,9 +802,53 @@ static void test_migrate_layers() {
   }
 }
 
+// The search keeps its state (lists, first-copy flags, counts, replica and
+// GPU loads) up to date change by change; at its end that state must equal,
+// bit for bit, what refresh() recomputes from scratch for the same placement.
+static void test_search_bookkeeping() {
+  Rng rng{31337};
+  for (int trial = 0; trial < 40; ++trial) {
+    const int32_t G = 2 + rng.below(6), k = 1 + rng.below(5), P = G * k;
+    const int32_t E = 1 + rng.below(P), M = 1 + rng.below(8);
+    MigrateDims d{E, P, k, G, 1, 1, M, 0.0};
+    std::vector<uint64_t> buf(migrate_scratch(d, nullptr, nullptr) / 8 + 1);
+    MigrateScratch s;
+    migrate_scratch(d, buf.data(), &s);
+    s.tag = 0;
+    for (int32_t e = 0; e < E; ++e) {
+      s.stamp[e] = -1;
+      s.w[e] = trial % 3 == 0 ? (double)rng.below(4) : (double)(rng.unit() * rng.unit() * 1000.0f);
+    }
+    // Q: every expert once, the other slots random, shuffled.
+    std::vector<int32_t> q(P);
+    for (int32_t p = 0; p < P; ++p) q[p] = p < E ? p : rng.below(E);
+    for (int32_t p = P - 1; p > 0; --p) std::swap(q[p], q[rng.below(p + 1)]);
+    for (int32_t g = 0; g < G; ++g) s.act[g] = g, s.on[g] = 1;
+    for (int32_t p = 0; p < P; ++p) s.q[p] = q[p];
+    gpu_counts(d, s.q, s.qcnt);
+    incremental_search(d, s, false, M);
+    const std::vector<double> load(s.load, s.load + G), rep(s.rep, s.rep + E);
+    const std::vector<int32_t> cnt(s.cnt, s.cnt + E), head(s.head, s.head + E), nxt(s.nxt, s.nxt + P);
+    const std::vector<uint8_t> uniq(s.uniq, s.uniq + P);
+    Search z{d, s, false, G, 0, 0.0, 0.0};
+    z.refresh();
+    CHECK(std::memcmp(load.data(), s.load, sizeof(double) * G) == 0);
+    CHECK(std::memcmp(rep.data(), s.rep, sizeof(double) * E) == 0);
+    CHECK(same(cnt, std::vector<int32_t>(s.cnt, s.cnt + E)));
+    CHECK(same(head, std::vector<int32_t>(s.head, s.head + E)));
+    bool lists = true;  // nxt is defined only along the lists
+    for (int32_t e = 0; e < E; ++e) {
+      for (int32_t p = head[e]; p >= 0; p = nxt[p]) lists = lists && nxt[p] == s.nxt[p];
+    }
+    CHECK(lists);
+    CHECK(same(uniq, std::vector<uint8_t>(s.uniq, s.uniq + P)));
+  }
+}
+
 int main() {
   test_assignment_brute();
   test_migrate_layers();
+  test_search_bookkeeping();
   test_half_and_bf16();
   test_load_faults();
   test_sums();
