@@ -175,3 +175,18 @@ def declared_entry_point(group: str, name: str) -> Optional[str]:
         return None
     entry = re.search(rf'^{re.escape(name)}\s*=\s*"([^"]+)"', section.group(1), re.M)
     return entry.group(1) if entry else None
+
+
+def check_installed_entry_point(group: str, register) -> None:
+    """eplb_ext's entry point in ``group`` loads ``register``; skips where
+    eplb_ext is not pip-installed (a plain checkout has no entry points)."""
+    import pytest
+    from importlib.metadata import PackageNotFoundError, distribution, entry_points
+
+    try:
+        distribution("eplb_ext")
+    except PackageNotFoundError:
+        pytest.skip("eplb_ext is not pip-installed here: no entry points to check")
+    found = [ep for ep in entry_points(group=group) if ep.name == "eplb_ext"]
+    assert len(found) == 1, "reinstall eplb_ext (pip install -e .) to register its entry points"
+    assert found[0].load() is register
