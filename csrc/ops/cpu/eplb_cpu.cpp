@@ -182,7 +182,7 @@ std::tuple<Tensor, Tensor, Tensor> deepseek_vec_cpu(Tensor tokens, int64_t P, in
     const VecDims d{a.S, (int32_t)a.E, (int32_t)a.P, (int32_t)a.k, (int32_t)a.C, (int32_t)a.N};
     const int64_t bytes = vec_scratch(d, nullptr, nullptr);
     reserve_host_scratch(bytes);
-    const int64_t work = saturating_mul(a.S + 1, 3 * a.E + (a.P - a.E) * 8);
+    const int64_t work = saturating_mul(a.S + 1, 3 * a.E + (a.P - a.E) * 64);
     // Bound the scratch in flight to about one float32 copy of the input.
     const int64_t input_f32 = saturating_mul(saturating_mul(a.S, a.L), 4 * a.E);
     const int64_t max_tasks = std::max<int64_t>(1, input_f32 / std::max<int64_t>(1, bytes));
