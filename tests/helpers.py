@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Optional, Sequence, Tuple
 
+import pytest
 import torch
 from torch import Tensor
 
@@ -180,7 +182,6 @@ def declared_entry_point(group: str, name: str) -> Optional[str]:
 def check_installed_entry_point(group: str, register) -> None:
     """eplb_ext's entry point in ``group`` loads ``register``; skips where
     eplb_ext is not pip-installed (a plain checkout has no entry points)."""
-    import pytest
     from importlib.metadata import PackageNotFoundError, distribution, entry_points
 
     try:
@@ -190,3 +191,9 @@ def check_installed_entry_point(group: str, register) -> None:
     found = [ep for ep in entry_points(group=group) if ep.name == "eplb_ext"]
     assert len(found) == 1, "reinstall eplb_ext (pip install -e .) to register its entry points"
     assert found[0].load() is register
+
+
+def raises_with(exc, *fragments):
+    """pytest.raises for ``exc`` whose message contains every fragment, in any order."""
+    pattern = "".join(f"(?=[\\s\\S]*{re.escape(f)})" for f in fragments)
+    return pytest.raises(exc, match=pattern)

@@ -4,7 +4,6 @@ through the Python API and straight through the raw ops."""
 
 from __future__ import annotations
 
-import re
 
 import pytest
 import torch
@@ -12,7 +11,7 @@ import torch
 import eplb_ext
 from eplb_ext import EplbAlgorithm, compute_algorithm, reference
 from eplb_ext import deepseek as ds
-from helpers import ALGORITHMS, HIERARCHICAL, assert_same, check_invariants
+from helpers import ALGORITHMS, HIERARCHICAL, assert_same, check_invariants, raises_with
 
 ops = torch.ops.eplb_ext
 rebalance = eplb_ext.rebalance_experts
@@ -24,10 +23,6 @@ def _t(S=2, L=3, dtype=torch.float32, E=E):
     return torch.arange(S * L * E, dtype=torch.float64).reshape(S, L, E).remainder(7).to(dtype)
 
 
-def _raises(exc, *fragments):
-    """pytest.raises for `exc` whose message contains every fragment."""
-    pattern = "".join(f"(?=[\\s\\S]*{re.escape(f)})" for f in fragments)
-    return pytest.raises(exc, match=pattern)
 
 
 # --------------------------------------------------------------------------
@@ -38,20 +33,20 @@ def _raises(exc, *fragments):
 @pytest.mark.parametrize("algorithm", ALGORITHMS)
 @pytest.mark.parametrize("shape", [(E,), (1, 2, 3, E), ()])
 def test_wrong_rank(algorithm, shape):
-    with _raises(ValueError, "tokens_per_expert", str(tuple(shape))):
+    with raises_with(ValueError, "tokens_per_expert", str(tuple(shape))):
         rebalance(torch.ones(shape), P, k, C, N, algorithm)
 
 
 @pytest.mark.parametrize("algorithm", ALGORITHMS)
 @pytest.mark.parametrize("dtype", [torch.bool, torch.complex64, torch.complex128])
 def test_bad_dtype(algorithm, dtype):
-    with _raises(TypeError, "tokens_per_expert", str(dtype)):
+    with raises_with(TypeError, "tokens_per_expert", str(dtype)):
         rebalance(torch.ones(2, 3, E, dtype=dtype), P, k, C, N, algorithm)
 
 
 @pytest.mark.parametrize("value", [[[1.0] * E], 3, None, "tokens", (torch.ones(3, E),)])
 def test_not_a_tensor(value):
-    with _raises(TypeError, "tokens_per_expert"):
+    with raises_with(TypeError, "tokens_per_expert"):
         rebalance(value, P, k, C, N)
 
 
@@ -81,11 +76,11 @@ def test_not_a_tensor(value):
 def test_bad_load_values(algorithm, dtype, value, what):
     t = _t(dtype=dtype)
     t[1, 2, 5] = value
-    with _raises(ValueError, "tokens_per_expert[1, 2, 5]", what):
+    with raises_with(ValueError, "tokens_per_expert[1, 2, 5]", what):
         rebalance(t, P, k, C, N, algorithm)
     # The 2-D form ([L, E], one step) is checked too. (The index it reports
     # is that of the [1, L, E] view: "[0, 2, 5]".)
-    with _raises(ValueError, "tokens_per_expert[", "2, 5]", what):
+    with raises_with(ValueError, "tokens_per_expert[", "2, 5]", what):
         rebalance(t[1], P, k, C, N, algorithm)
 
 
@@ -95,7 +90,7 @@ def test_first_bad_load_is_reported():
     t[1, 2, 7] = float("nan")
     t[1, 1, 9] = -5.0
     # (step, layer, expert) order: step 1 first, layer 1 before layer 2.
-    with _raises(ValueError, "tokens_per_expert[1, 1, 9]", "negative"):
+    with raises_with(ValueError, "tokens_per_expert[1, 1, 9]", "negative"):
         rebalance(t, P, k, C, N)
 
 
@@ -103,9 +98,9 @@ def test_bad_load_in_noncontiguous_view():
     base = _t(S=4, L=6)
     base[2, 4, 3] = float("nan")
     view = base[::2, ::2]  # step 2 -> 1, layer 4 -> 2
-    with _raises(ValueError, "tokens_per_expert[1, 2, 3]", "NaN"):
+    with raises_with(ValueError, "tokens_per_expert[1, 2, 3]", "NaN"):
         rebalance(view, P, k, C, N)
-    with _raises(ValueError, "tokens_per_expert", "NaN"):
+    with raises_with(ValueError, "tokens_per_expert", "NaN"):
         rebalance(base.permute(0, 1, 2).transpose(0, 1).transpose(0, 1), P, k, C, N)
 
 
@@ -124,13 +119,13 @@ def test_negative_zero_is_a_valid_load():
 
 @pytest.mark.parametrize("algorithm", ALGORITHMS)
 def test_fewer_slots_than_experts(algorithm):
-    with _raises(ValueError, "num_physical_experts=15", "16"):
+    with raises_with(ValueError, "num_physical_experts=15", "16"):
         rebalance(_t(), 15, 1, C, N, algorithm)
 
 
 @pytest.mark.parametrize("algorithm", ALGORITHMS)
 def test_k_does_not_divide_P(algorithm):
-    with _raises(ValueError, "num_local_physical_experts=5", "num_physical_experts=24"):
+    with raises_with(ValueError, "num_local_physical_experts=5", "num_physical_experts=24"):
         rebalance(_t(), 24, 5, C, N, algorithm)
 
 
@@ -140,7 +135,7 @@ def test_k_does_not_divide_P(algorithm):
 def test_non_positive_sizes(algorithm, name, index, value):
     args = [_t(), P, k, C, N]
     args[index] = value
-    with _raises(ValueError, f"{name}={value}"):
+    with raises_with(ValueError, f"{name}={value}"):
         rebalance(*args, algorithm)
 
 
@@ -152,7 +147,7 @@ def test_non_positive_sizes(algorithm, name, index, value):
 def test_non_integer_sizes(algorithm, name, index, value):
     args = [_t(), P, k, C, N]
     args[index] = value
-    with _raises(TypeError, name, type(value).__name__):
+    with raises_with(TypeError, name, type(value).__name__):
         rebalance(*args, algorithm)
 
 
@@ -164,33 +159,33 @@ def test_numpy_integers_are_integers():
 
 @pytest.mark.parametrize("algorithm", HIERARCHICAL)
 def test_hierarchical_needs_groups(algorithm):
-    with _raises(ValueError, "num_groups", "None"):
+    with raises_with(ValueError, "num_groups", "None"):
         rebalance(_t(), P, k, None, N, algorithm)
-    with _raises(ValueError, "num_groups", "None"):
+    with raises_with(ValueError, "num_groups", "None"):
         rebalance(_t(), P, k, None, None, EplbAlgorithm[algorithm])
 
 
 @pytest.mark.parametrize("algorithm", HIERARCHICAL)
 def test_groups_must_divide_experts(algorithm):
-    with _raises(ValueError, "num_groups=3", "16"):
+    with raises_with(ValueError, "num_groups=3", "16"):
         rebalance(_t(), P, k, 3, 1, algorithm)
-    with _raises(ValueError, "num_groups=32", "16"):
+    with raises_with(ValueError, "num_groups=32", "16"):
         rebalance(_t(), 32, 1, 32, 1, algorithm)
 
 
 @pytest.mark.parametrize("algorithm", HIERARCHICAL)
 def test_nodes_must_divide_groups(algorithm):
-    with _raises(ValueError, "num_nodes=3", "num_groups=4"):
+    with raises_with(ValueError, "num_nodes=3", "num_groups=4"):
         rebalance(_t(), 24, 1, 4, 3, algorithm)  # G = 24: 3 | G, 3 does not divide 4
 
 
 @pytest.mark.parametrize("algorithm", HIERARCHICAL)
 def test_nodes_must_divide_gpus(algorithm):
     # E=16, C=4, N=2; P=18, k=6: G=3, odd.
-    with _raises(ValueError, "num_nodes=2", "3"):
+    with raises_with(ValueError, "num_nodes=2", "3"):
         rebalance(_t(), 18, 6, 4, 2, algorithm)
     # N=4 | C=4, but G = 24/4 = 6.
-    with _raises(ValueError, "num_nodes=4", "6"):
+    with raises_with(ValueError, "num_nodes=4", "6"):
         rebalance(_t(), 24, 4, 4, 4, algorithm)
 
 
@@ -200,7 +195,7 @@ def test_nodes_must_divide_gpus(algorithm):
 def test_hierarchical_non_positive_groups_nodes(algorithm, name, index, value):
     args = [_t(), P, k, C, N]
     args[index] = value
-    with _raises(ValueError, f"{name}={value}"):
+    with raises_with(ValueError, f"{name}={value}"):
         rebalance(*args, algorithm)
 
 
@@ -212,17 +207,17 @@ def test_unused_arguments_need_only_be_none_or_positive(algorithm):
     for groups, nodes in [(None, None), (3, None), (None, 5), (3, 5), (16, 7), (1, 1), (8, 3)]:
         assert_same(rebalance(t, 12, 3, groups, nodes, algorithm), expected, f"C={groups} N={nodes}")
     for groups, nodes, name, value in [(0, None, "num_groups", 0), (-1, 2, "num_groups", -1), (4, 0, "num_nodes", 0), (None, -3, "num_nodes", -3)]:
-        with _raises(ValueError, f"{name}={value}"):
+        with raises_with(ValueError, f"{name}={value}"):
             rebalance(t, 12, 3, groups, nodes, algorithm)
     for groups, nodes, name in [(2.0, None, "num_groups"), (None, True, "num_nodes"), ("4", 1, "num_groups")]:
-        with _raises(TypeError, name):
+        with raises_with(TypeError, name):
             rebalance(t, 12, 3, groups, nodes, algorithm)
 
 
 @pytest.mark.parametrize("algorithm", ALGORITHMS)
 @pytest.mark.parametrize("P_big", [2**31 - 1, 2**31, 2**40, 2**63 - 1])
 def test_slot_count_overflow(algorithm, P_big):
-    with _raises(ValueError, "num_physical_experts", str(P_big)):
+    with raises_with(ValueError, "num_physical_experts", str(P_big)):
         rebalance(_t(), P_big, 1, 1, 1, algorithm)
 
 
@@ -230,7 +225,7 @@ def test_slot_count_overflow(algorithm, P_big):
 def test_output_too_large(algorithm):
     # [L, E, P - E + 1] with L = 2**40 (a stride-0 view) cannot be addressed.
     big = torch.zeros(1, 1, 1).expand(1, 2**40, 8)
-    with _raises(ValueError, "too large"):
+    with raises_with(ValueError, "too large"):
         rebalance(big, 2**30, 1, 1, 1, algorithm)
 
 
@@ -242,14 +237,14 @@ def test_huge_allocation_fails_cleanly():
 
 
 def test_bad_flags():
-    with _raises(TypeError, "fixed_width"):
+    with raises_with(TypeError, "fixed_width"):
         rebalance(_t(), P, k, C, N, "deepseek", fixed_width=1)
-    with _raises(TypeError, "check_values"):
+    with raises_with(TypeError, "check_values"):
         rebalance(_t(), P, k, C, N, "deepseek", check_values="yes")
 
 
 def test_no_experts():
-    with _raises(ValueError, "tokens_per_expert"):
+    with raises_with(ValueError, "tokens_per_expert"):
         rebalance(torch.ones(2, 3, 0), P, k, None, None)
 
 
@@ -260,15 +255,15 @@ def test_no_experts():
 
 @pytest.mark.parametrize("name", ["nope", "DeepSeek", "deepseek_vec_hier", "", "AUTO"])
 def test_unknown_algorithm_lists_valid_names(name):
-    with _raises(ValueError, repr(name), "auto", *ALGORITHMS):
+    with raises_with(ValueError, repr(name), "auto", *ALGORITHMS):
         rebalance(_t(), P, k, C, N, name)
-    with _raises(ValueError, repr(name), *ALGORITHMS):
+    with raises_with(ValueError, repr(name), *ALGORITHMS):
         compute_algorithm(name, C, N)
 
 
 @pytest.mark.parametrize("value", [None, 3, 1.5, EplbAlgorithm])
 def test_algorithm_of_wrong_type(value):
-    with _raises(TypeError, "algorithm", *ALGORITHMS):
+    with raises_with(TypeError, "algorithm", *ALGORITHMS):
         rebalance(_t(), P, k, C, N, value)
 
 
@@ -339,33 +334,33 @@ def test_no_steps(algorithm, dtype):
 
 def test_deepseek_api_bad_input():
     w = torch.rand(3, 8)
-    with _raises(ValueError, "num_packs=3", "8"):
+    with raises_with(ValueError, "num_packs=3", "8"):
         ds.balanced_packing(w, 3)
-    with _raises(ValueError, "num_packs=0"):
+    with raises_with(ValueError, "num_packs=0"):
         ds.balanced_packing(w, 0)
-    with _raises(TypeError, "num_packs"):
+    with raises_with(TypeError, "num_packs"):
         ds.balanced_packing(w, 2.0)
-    with _raises(ValueError, "weight", "2-D", "(1, 3, 8)"):
+    with raises_with(ValueError, "weight", "2-D", "(1, 3, 8)"):
         ds.balanced_packing(w.unsqueeze(0), 2)  # wrong rank
-    with _raises(ValueError, "num_phy=7", "8"):
+    with raises_with(ValueError, "num_phy=7", "8"):
         ds.replicate_experts(w, 7)
-    with _raises(TypeError, "weight", "bool"):
+    with raises_with(TypeError, "weight", "bool"):
         ds.replicate_experts(w > 0.5, 8)
     bad = w.clone()
     bad[1, 4] = float("nan")
-    with _raises(ValueError, "weight[1, 4]", "NaN"):
+    with raises_with(ValueError, "weight[1, 4]", "NaN"):
         ds.replicate_experts(bad, 10)
-    with _raises(ValueError, "weight[1, 4]", "NaN"):
+    with raises_with(ValueError, "weight[1, 4]", "NaN"):
         ds.balanced_packing(bad, 2)
-    with _raises(ValueError, "num_gpus=5", "16"):
+    with raises_with(ValueError, "num_gpus=5", "16"):
         ds.rebalance_experts_hierarchical(w, 16, 2, 1, 5)
-    with _raises(ValueError, "num_gpus=3", "num_replicas=16"):
+    with raises_with(ValueError, "num_gpus=3", "num_replicas=16"):
         ds.rebalance_experts(w, 16, 2, 1, 3)
-    with _raises(ValueError, "num_groups=3"):
+    with raises_with(ValueError, "num_groups=3"):
         ds.rebalance_experts_hierarchical(w, 16, 3, 1, 4)
-    with _raises(ValueError, "num_nodes=3", "num_groups=2"):
+    with raises_with(ValueError, "num_nodes=3", "num_groups=2"):
         ds.rebalance_experts_hierarchical(w, 12, 2, 3, 6)
-    with _raises(TypeError, "num_groups"):
+    with raises_with(TypeError, "num_groups"):
         ds.rebalance_experts(w, 16, None, 1, 4)
 
 
@@ -373,7 +368,7 @@ def test_deepseek_api_bad_input():
 def test_deepseek_api_bad_load_names_weight(fn):
     bad = torch.rand(3, 8)
     bad[1, 4] = float("nan")
-    with _raises(ValueError, "weight[1, 4]", "NaN"):
+    with raises_with(ValueError, "weight[1, 4]", "NaN"):
         getattr(ds, fn)(bad, 16, 2, 1, 4)
 
 
@@ -383,7 +378,7 @@ def test_deepseek_api_bad_load_names_weight(fn):
 
 
 def _tagged(kind, *fragments):
-    return _raises(RuntimeError, f"[eplb_ext {kind}]", *fragments)
+    return raises_with(RuntimeError, f"[eplb_ext {kind}]", *fragments)
 
 
 @pytest.mark.parametrize("op", ["deepseek", "deepseek_vec"])
@@ -447,9 +442,9 @@ def test_raw_placement_ops(op):
 def test_raw_op_errors_map_to_python_classes():
     from eplb_ext import _ops
 
-    with _raises(ValueError, "num_physical_experts=15"):
+    with raises_with(ValueError, "num_physical_experts=15"):
         _ops.call(ops.deepseek, _t(), 15, 1, 1, 1)
-    with _raises(TypeError, "torch.bool"):
+    with raises_with(TypeError, "torch.bool"):
         _ops.call(ops.deepseek_vec, _t() > 1, P, k, 1, 1)
     # An error raised by torch itself stays a RuntimeError.
     with pytest.raises(RuntimeError):

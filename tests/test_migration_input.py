@@ -5,10 +5,10 @@ metrics.moves, the one definition of moves."""
 
 from __future__ import annotations
 
-import re
 
 import pytest
 import torch
+from helpers import raises_with
 
 import eplb_ext
 from eplb_ext import metrics
@@ -20,9 +20,6 @@ TOKENS = torch.arange(2 * L * E).reshape(2, L, E) % 7
 GOOD = metrics.trivial_placement(E, P, L)
 
 
-def _raises(exc, *fragments):
-    pattern = "".join(f"(?=[\\s\\S]*{re.escape(f)})" for f in fragments)
-    return pytest.raises(exc, match=pattern)
 
 
 @pytest.mark.parametrize(
@@ -41,7 +38,7 @@ def _raises(exc, *fragments):
 )
 @pytest.mark.parametrize("algorithm", ["deepseek", "deepseek_vec_hierarchical"])
 def test_bad_previous(prev, exc, fragments, algorithm):
-    with _raises(exc, *fragments):
+    with raises_with(exc, *fragments):
         rebalance(TOKENS, P, k, C, N, algorithm, previous_physical_to_logical_map=prev)
 
 
@@ -60,16 +57,16 @@ def test_bad_previous(prev, exc, fragments, algorithm):
     ],
 )
 def test_bad_options(kwargs, exc, fragments):
-    with _raises(exc, *fragments):
+    with raises_with(exc, *fragments):
         rebalance(TOKENS, P, k, C, N, "deepseek", previous_physical_to_logical_map=GOOD, **kwargs)
 
 
 def test_options_need_a_previous_placement():
-    with _raises(ValueError, "max_moves=3", "previous_physical_to_logical_map"):
+    with raises_with(ValueError, "max_moves=3", "previous_physical_to_logical_map"):
         rebalance(TOKENS, P, k, C, N, max_moves=3)
-    with _raises(ValueError, "max_moves=0", "previous_physical_to_logical_map"):
+    with raises_with(ValueError, "max_moves=0", "previous_physical_to_logical_map"):
         rebalance(TOKENS, P, k, C, N, max_moves=0)
-    with _raises(ValueError, "min_improvement=0.2", "previous_physical_to_logical_map"):
+    with raises_with(ValueError, "min_improvement=0.2", "previous_physical_to_logical_map"):
         rebalance(TOKENS, P, k, C, N, min_improvement=0.2)
     plain = rebalance(TOKENS, P, k, C, N)
     same = rebalance(TOKENS, P, k, C, N, min_improvement=0, previous_physical_to_logical_map=None)
@@ -78,10 +75,10 @@ def test_options_need_a_previous_placement():
 
 def test_device_mismatch():
     if not torch.cuda.is_available():
-        with _raises(ValueError, "previous_physical_to_logical_map", "meta", "cpu"):
+        with raises_with(ValueError, "previous_physical_to_logical_map", "meta", "cpu"):
             rebalance(TOKENS, P, k, C, N, previous_physical_to_logical_map=GOOD.to("meta"))
     else:
-        with _raises(ValueError, "previous_physical_to_logical_map", "cuda", "cpu"):
+        with raises_with(ValueError, "previous_physical_to_logical_map", "cuda", "cpu"):
             rebalance(TOKENS, P, k, C, N, previous_physical_to_logical_map=GOOD.cuda())
 
 
@@ -115,7 +112,7 @@ def _op(prev=GOOD, active=None, **kw):
     ],
 )
 def test_raw_op_rejects(call, fragments):
-    with _raises(RuntimeError, *fragments):
+    with raises_with(RuntimeError, *fragments):
         call()
 
 
@@ -134,11 +131,11 @@ def test_moves_definition():
     assert two.per_layer.tolist() == [2, 0] and two.total == 2
     # experts_moved is the same measure, counted by GPUs.
     assert metrics.experts_moved(old, torch.tensor([[2, 1, 0, 3]]), 2).tolist() == [2]
-    with _raises(ValueError, "num_local_physical_experts=3"):
+    with raises_with(ValueError, "num_local_physical_experts=3"):
         metrics.moves(old, old, 3)
-    with _raises(ValueError, "differ in shape"):
+    with raises_with(ValueError, "differ in shape"):
         metrics.moves(old, old[:, :2], 1)
-    with _raises(TypeError, "previous"):
+    with raises_with(TypeError, "previous"):
         metrics.moves(old.float(), old, 2)
 
 
