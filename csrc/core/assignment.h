@@ -14,7 +14,7 @@
 // small secondary term to the costs (relabel.h does).
 #pragma once
 
-#include "common.h"
+#include "hd.h"
 
 namespace eplb {
 

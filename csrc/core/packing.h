@@ -3,7 +3,8 @@
 // any core function runs.
 #pragma once
 
-#include "common.h"
+#include "loads.h"
+#include "winner_tree.h"
 
 namespace eplb {
 

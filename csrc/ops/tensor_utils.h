@@ -10,7 +10,7 @@
 #include <string>
 #include <type_traits>
 
-#include "../core/common.h"
+#include "../core/loads.h"
 #include "check.h"
 
 namespace eplb {

@@ -5,7 +5,8 @@
 // functions (winner trees, vec_pick's pruning) against naive
 // implementations written straight from SPEC.md. Prints
 // "<n> passed, <m> failed" and exits non-zero on any failure.
-#include "csrc/core/common.h"
+#include "csrc/core/loads.h"
+#include "csrc/core/winner_tree.h"
 #include "csrc/core/deepseek.h"
 #include "csrc/core/migrate.h"
 #include "csrc/core/packing.h"

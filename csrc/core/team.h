@@ -1,0 +1,112 @@
+// Lane-parallel building blocks shared by the CUDA kernels and the CPU tests.
+//
+// A team is the set of lanes that works on one unit (a layer, a node). The
+// parallel parts of a kernel are written once, as templates on the team
+// type, out of three things:
+//  * team.for_each(n, f): f(i) for every i in [0, n); the calls of one loop
+//    must be independent of each other (they run at once on the GPU);
+//  * team.sync(): every lane has finished the loops before it;
+//  * team.max_key(n, key) / min_key: the largest / smallest key(i) over
+//    [0, n), the same value on every lane. Keys are unique uint64 values
+//    that pack (value, index), so the extreme key names the first best
+//    element: the tie rule of SPEC.md, whatever the reduction order.
+//  * team.single(f): f() on one lane (sequential steps such as one pick).
+//
+// Two teams run the same code:
+//  * LaneTeam<W> (host, here): W emulated lanes, each loop run lane by lane
+//    in lane order (lane j takes i = j, j + W, ...), reductions computed per
+//    lane and combined in the butterfly order of a warp shuffle. The CPU test
+//    suite runs the kernels' code through it, with W = 32 and W = 1.
+//  * BlockTeam / WarpTeam (device, csrc/ops/cuda/team.cuh): thread j of the
+//    block or warp takes the same indices; sync() is a barrier.
+// Because the loops' calls are independent and the keys unique, every team
+// gives bit-identical results; a race on the GPU is what compute-sanitizer's
+// racecheck looks for.
+#pragma once
+
+#include "hd.h"
+
+namespace eplb {
+
+template <int W>
+struct LaneTeam {
+  static_assert(W >= 1 && (W & (W - 1)) == 0, "W must be a power of two");
+  static constexpr int kWidth = W;
+
+  template <typename F>
+  void for_each(int32_t n, const F& f) const {
+    for (int32_t lane = 0; lane < W; ++lane) {
+      for (int32_t i = lane; i < n; i += W) f(i);
+    }
+  }
+  void sync() const {}
+  template <typename F>
+  void single(const F& f) const {
+    f();
+  }
+  template <typename F>
+  uint64_t max_key(int32_t n, const F& key) const {
+    return reduce(n, key, true);
+  }
+  template <typename F>
+  uint64_t min_key(int32_t n, const F& key) const {
+    return reduce(n, key, false);
+  }
+
+ private:
+  template <typename F>
+  static uint64_t reduce(int32_t n, const F& key, bool largest) {
+    const uint64_t none = largest ? 0 : ~(uint64_t)0;
+    uint64_t part[W];
+    for (int32_t lane = 0; lane < W; ++lane) {
+      uint64_t v = none;
+      for (int32_t i = lane; i < n; i += W) {
+        const uint64_t x = key(i);
+        v = (largest ? x > v : x < v) ? x : v;
+      }
+      part[lane] = v;
+    }
+    // Butterfly: after the round with offset o, every lane holds the result
+    // of its group of 2 o lanes, as __shfl_xor_sync leaves it on a warp.
+    for (int32_t o = 1; o < W; o *= 2) {
+      uint64_t next[W];
+      for (int32_t lane = 0; lane < W; ++lane) {
+        const uint64_t a = part[lane], b = part[lane ^ o];
+        next[lane] = (largest ? b > a : b < a) ? b : a;
+      }
+      for (int32_t lane = 0; lane < W; ++lane) part[lane] = next[lane];
+    }
+    return part[0];
+  }
+};
+
+// Ordered bits of a float that is >= 0 or -0: +0 and -0 give the same key,
+// and larger values give larger keys.
+EPLB_HD uint32_t nonneg_bits(float w) {
+  const float z = w + 0.0f;
+  uint32_t bits;
+  memcpy(&bits, &z, sizeof(bits));
+  return bits;
+}
+
+// Sorts n2 unique keys (n2 a power of two; pad with ~0 to sort n < n2 keys
+// ascending and keep them first) by a bitonic network. Every pass is one
+// parallel loop over disjoint pairs, so any team gives the same order: the
+// only order of unique keys.
+template <typename Team>
+EPLB_HD void bitonic_sort(const Team& team, uint64_t* key, int32_t n2) {
+  for (int32_t size = 2; size <= n2; size *= 2) {
+    for (int32_t j = size / 2; j > 0; j /= 2) {
+      team.for_each(n2, [&](int32_t i) {
+        const int32_t o = i ^ j;
+        if (o <= i) return;
+        const bool up = (i & size) == 0;
+        const uint64_t a = key[i], b = key[o];
+        if ((a > b) == up) key[i] = b, key[o] = a;
+      });
+      team.sync();
+    }
+  }
+}
+
+}  // namespace eplb
