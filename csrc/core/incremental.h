@@ -22,21 +22,22 @@
 //  3. Each step takes g = the hottest GPU (lowest index on ties) and scores
 //     the changes that relieve it, in this order:
 //       a. swaps of a slot of g with a slot of another GPU h (the same node
-//          for the hierarchical variants) holding another expert: only g
-//          and h change, so (Phi being convex) the swap helps exactly when
-//          the load it carries is in (0, gap) and most at half the gap;
-//          for each h and each move cost only the swap closest to half the
-//          gap is scored (first in slot order on ties); an h whose best
-//          possible swap (the half-gap transfer at its cheapest cost) cannot
-//          beat the incumbent is skipped;
+//          for the hierarchical variants) holding another expert, the
+//          partners h taken from the least loaded up (lowest index on
+//          ties): each swap whose transfer is in (0, gap) is scored by its
+//          exact drop of Phi (only g and h change). An h whose best
+//          possible swap (the half-gap transfer, Phi being convex, at its
+//          cheapest cost) cannot beat the incumbent is skipped, and its scan
+//          stops once the incumbent reaches that bound; colder partners
+//          come first because their bound is the lowest;
 //       b. giving a slot whose expert has >= 2 replicas (any GPU of g's
 //          node) to an expert that g holds: every GPU holding that expert is
 //          relieved at once, which is what pays when the drift sits in a few
 //          hot experts. Candidates that an upper bound on their drop (the
 //          drops of the relieved GPUs each taken alone) shows cannot win are
 //          not evaluated.
-//     Slots and experts are visited in ascending index; a GPU's second copy
-//     of an expert is skipped (it gives the same change). A candidate is
+//     Slots and experts are otherwise visited in ascending index; a GPU's
+//     second copy of an expert is skipped (it gives the same change). A candidate is
 //     admissible if it lowers Phi and keeps moves <= M. The step applies the
 //     best one: first those that cost no move (cost = change of
 //     moves(placement, Q), so undoing an earlier change is free or refunds),
@@ -65,6 +66,7 @@ struct Search {
   int32_t gpn;  // GPUs per node (G when not hierarchical)
   int32_t moves;
   double mean, inv;
+  double xsum;  // prep_give's total of the holders' terms
 
   EPLB_HD int32_t node(int32_t g) const { return hier ? g / gpn : 0; }
 
@@ -218,6 +220,8 @@ struct Search {
       s.xterm[n++] = phi(s.load[g] + dl) - s.phi0[g];
       s.on[g] |= 4;
     }
+    xsum = 0.0;
+    for (int32_t i = 0; i < n; ++i) xsum = xsum + s.xterm[i];
     return n;
   }
   // Per donor slot t (its expert y loses a replica), the terms eval_give
@@ -249,15 +253,20 @@ struct Search {
         s.yt[used++] = phi(s.load[g] + dl) - s.phi0[g];
       }
       s.ye[t] = used;
+      double sum = 0.0;
+      for (int32_t i = s.yb[t]; i < used; ++i) sum = sum + s.yt[i];
+      s.ysum[t] = sum;
     }
   }
   EPLB_HD void done_give(int32_t nx) {
     for (int32_t i = 0; i < nx; ++i) s.on[s.xg[i]] &= (uint8_t)~4u;
   }
-  // eval_give(t, x) with the same operations in the same order, when the
-  // donor's GPU and the other GPUs holding its expert y hold no x (else it
-  // falls back to eval_give): then each GPU's change comes from one side
-  // only and the holders' terms are prep_give's.
+  // eval_give(t, x) when the donor's GPU and the other GPUs holding its
+  // expert y hold no x (else it falls back to eval_give): then each GPU's
+  // change comes from one side only, and the holders' terms are prep_give's
+  // and prep_donors', added up once per step (xsum, ysum) instead of once
+  // per candidate. The terms are the same; their sum is rounded in another
+  // order, the same on every device.
   EPLB_HD double eval_give_fast(int32_t t, int32_t x, int32_t n_x) {
     const int32_t h = t / d.k, y = s.cur[t];
     if (s.on[h] & 4) return eval_give(t, x);
@@ -267,11 +276,7 @@ struct Search {
         if (s.on[s.yg[i]] & 4) return eval_give(t, x);
       }
       const double nx = s.w[x] / (double)(s.cnt[x] + 1);
-      double dphi = 0.0;
-      dphi = dphi + (phi(s.load[h] + (nx - s.rep[y])) - s.phi0[h]);
-      for (int32_t i = 0; i < n_x; ++i) dphi = dphi + s.xterm[i];
-      for (int32_t i = s.yb[t]; i < s.ye[t]; ++i) dphi = dphi + s.yt[i];
-      return dphi;
+      return (phi(s.load[h] + (nx - s.rep[y])) - s.phi0[h]) + (xsum + s.ysum[t]);
     }
     for (int32_t p = s.head[y]; p >= 0; p = s.nxt[p]) {
       if (p != t && (s.on[p / d.k] & 4)) return eval_give(t, x);
@@ -337,9 +342,8 @@ EPLB_HD Pick search_step(Search& z, int32_t g, int32_t M) {
   const int32_t h0 = z.hier ? n * z.gpn : 0, h1 = z.hier ? (n + 1) * z.gpn : d.G;
   Pick best{-1, 0, 0, 0, 0.0};
   // a. swaps with each GPU h. Only g and h change and their sum stays; Phi
-  // is convex, so the pair improves exactly when the transfer d is in
-  // (0, gap), most when d is half the gap, and equally at the same distance
-  // from it. Per move cost (-2 .. 2), only the closest transfer is scored.
+  // is convex, so the pair can improve only when the transfer d is in
+  // (0, gap), and never by more than at d = gap / 2 (reach below).
   // The parts of a swap's cost that depend on one side only, and the
   // replica loads, are read once per slot: srep[t] = rep of t's expert;
   // sadd[t] = novel(g, f) - last_new(h, f) for a slot t of h holding f
@@ -351,7 +355,15 @@ EPLB_HD Pick search_step(Search& z, int32_t g, int32_t M) {
                 : h == g   ? -(int32_t)z.last_new(g, f)
                            : (int32_t)z.novel(g, f) - (int32_t)z.last_new(h, f);
   }
+  // Partners by ascending load (insertion sort of at most G entries).
+  int32_t no = 0;
   for (int32_t h = h0; h < h1; ++h) {
+    int32_t j = no++;
+    for (; j > 0 && (s.load[s.ord[j - 1]] > s.load[h]); --j) s.ord[j] = s.ord[j - 1];
+    s.ord[j] = h;
+  }
+  for (int32_t oi = 0; oi < no; ++oi) {
+    const int32_t h = s.ord[oi];
     const double gap = s.load[g] - s.load[h];
     if (h == g || !(gap > 0.0)) continue;
     const double mid = (s.load[g] + s.load[h]) / 2.0;
@@ -368,10 +380,8 @@ EPLB_HD Pick search_step(Search& z, int32_t g, int32_t M) {
       cmin_g = ce < cmin_g ? ce : cmin_g;
     }
     if (cmin_g + cmin_h > 0 && !best.worse_than(cmin_g + cmin_h, reach)) continue;
-    const double half = gap / 2.0;
-    double key[5];
-    int32_t ks[5], kt[5];
-    for (int32_t c = 0; c < 5; ++c) ks[c] = -1, key[c] = 0.0;
+    const double lg = s.load[g], lh = s.load[h], pg = s.phi0[g], ph = s.phi0[h];
+    const int32_t cmin = cmin_g + cmin_h;
     for (int32_t i = g * k; i < (g + 1) * k; ++i) {
       if (s.sadd[i] == 9) continue;
       const int32_t e = s.cur[i];
@@ -380,17 +390,13 @@ EPLB_HD Pick search_step(Search& z, int32_t g, int32_t M) {
       for (int32_t t = h * k; t < (h + 1) * k; ++t) {
         const double delta = a - s.srep[t];
         if (s.sadd[t] == 9 || !(delta > 0.0) || !(delta < gap) || s.cur[t] == e) continue;
-        const double dist = delta < half ? half - delta : delta - half;
         const int32_t c = ce + s.sadd[t];
-        if (z.moves + c > M || (ks[c + 2] >= 0 && !(dist < key[c + 2]))) continue;
-        ks[c + 2] = i, kt[c + 2] = t, key[c + 2] = dist;
+        if (z.moves + c > M) continue;
+        const double dp = (z.phi(lg - delta) - pg) + (z.phi(lh + delta) - ph);
+        if (dp < 0.0) best.offer(0, i, t, c, dp);
       }
-    }
-    for (int32_t c = 0; c < 5; ++c) {
-      if (ks[c] < 0) continue;
-      const double delta = s.rep[s.cur[ks[c]]] - s.rep[s.cur[kt[c]]];
-      const double dp = (z.phi(s.load[g] - delta) - s.phi0[g]) + (z.phi(s.load[h] + delta) - s.phi0[h]);
-      if (dp < 0.0) best.offer(0, ks[c], kt[c], c - 2, dp);
+      // Nothing left with h can beat a candidate that reached h's bound.
+      if (!best.worse_than(cmin, reach)) break;
     }
   }
   // b. a slot whose expert has >= 2 replicas (a donor) goes to an expert of
@@ -463,7 +469,7 @@ EPLB_HD Pick refund_step(Search& z, double peak) {
 // all GPUs active, s.qcnt and s.home filled); leaves the result in s.best and
 // returns its balancedness.
 EPLB_HD double incremental_search(MigrateDims d, MigrateScratch& s, bool hier, int32_t M) {
-  Search z{d, s, hier, hier ? d.G / d.N : d.G, 0, 0.0, 0.0};
+  Search z{d, s, hier, hier ? d.G / d.N : d.G, 0, 0.0, 0.0, 0.0};
   for (int32_t p = 0; p < d.P; ++p) s.cur[p] = s.best[p] = s.q[p];
   // gcnt = 2 qcnt + (qcnt > 0): zero but where Q has a slot.
   for (int64_t i = 0; i < (int64_t)d.G * d.E; ++i) s.gcnt[i] = 0;

@@ -53,6 +53,7 @@ struct MigrateScratch {
   int32_t* ye;       // P
   int32_t* yg;       // P      the other GPUs holding a donor's expert (search, one step)
   double* yt;        // P      their Phi change when it loses the donor's replica
+  double* ysum;      // P      per donor slot: the total of its yt range
   uint8_t* uniq;     // P      first slot of its expert on its GPU (search)
   int32_t* head;     // E      first slot of each expert (search)
   int32_t* cnt;      // E      replica counts
@@ -70,6 +71,7 @@ struct MigrateScratch {
   int32_t* sub;      // N * N * G/N  best GPU assignment of each node pair
   int64_t* nodew;    // N * N
   int32_t* touched;  // G
+  int32_t* ord;      // G      GPUs by ascending load (search, one step)
   uint8_t* on;       // G      active GPUs
   uint8_t* used;     // k
   uint8_t* filled;   // k
@@ -103,6 +105,7 @@ EPLB_HD int64_t migrate_scratch(MigrateDims d, void* buf, MigrateScratch* out) {
   s.ye = c.take<int32_t>(P);
   s.yg = c.take<int32_t>(P);
   s.yt = c.take<double>(P);
+  s.ysum = c.take<double>(P);
   s.uniq = c.take<uint8_t>(P);
   s.head = c.take<int32_t>(E);
   s.cnt = c.take<int32_t>(E);
@@ -120,6 +123,7 @@ EPLB_HD int64_t migrate_scratch(MigrateDims d, void* buf, MigrateScratch* out) {
   s.sub = c.take<int32_t>(N * G);
   s.nodew = c.take<int64_t>(N * N);
   s.touched = c.take<int32_t>(G);
+  s.ord = c.take<int32_t>(G);
   s.on = c.take<uint8_t>(G);
   s.used = c.take<uint8_t>(d.k);
   s.filled = c.take<uint8_t>(d.k);
