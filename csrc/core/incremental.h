@@ -56,6 +56,7 @@
 #pragma once
 
 #include "relabel.h"
+#include "team.h"
 
 namespace eplb {
 
@@ -66,7 +67,6 @@ struct Search {
   int32_t gpn;  // GPUs per node (G when not hierarchical)
   int32_t moves;
   double mean, inv;
-  double xsum;  // prep_give's total of the holders' terms
 
   EPLB_HD int32_t node(int32_t g) const { return hier ? g / gpn : 0; }
 
@@ -142,21 +142,20 @@ struct Search {
     if (!(peak > 0.0)) return 1.0;
     return total / (double)d.G / peak;
   }
-  // Slot a and slot b (other GPUs) exchange experts; cost = change of moves.
-  EPLB_HD double apply_swap(int32_t a, int32_t b, int32_t cost) {
+  // Slot a and slot b (other GPUs) exchange experts. The caller adds the
+  // change of moves (every lane keeps its own count).
+  EPLB_HD void apply_swap(int32_t a, int32_t b) {
     const int32_t e = s.cur[a], f = s.cur[b], ga = a / d.k, gb = b / d.k;
     s.gcnt[(int64_t)ga * d.E + e] -= 2, s.gcnt[(int64_t)gb * d.E + e] += 2;
     s.gcnt[(int64_t)gb * d.E + f] -= 2, s.gcnt[(int64_t)ga * d.E + f] += 2;
     unlink(e, a), unlink(f, b);
     s.cur[a] = f, s.cur[b] = e;
     link(f, a), link(e, b);
-    moves += cost;
     redo_gpu(ga), redo_gpu(gb);
-    return bal_now();
   }
   // Slot t gets expert x (its expert y keeps >= 1 replica): the replica
   // loads of x and y change, so every GPU holding either is redone.
-  EPLB_HD double apply_give(int32_t t, int32_t x, int32_t cost) {
+  EPLB_HD void apply_give(int32_t t, int32_t x) {
     const int32_t h = t / d.k, y = s.cur[t];
     s.gcnt[(int64_t)h * d.E + y] -= 2, s.gcnt[(int64_t)h * d.E + x] += 2;
     unlink(y, t);
@@ -165,11 +164,9 @@ struct Search {
     s.cnt[x] += 1, s.cnt[y] -= 1;
     s.rep[x] = s.w[x] / (double)s.cnt[x];
     s.rep[y] = s.w[y] / (double)s.cnt[y];
-    moves += cost;
     redo_gpu(h);
     for (int32_t p = s.head[x]; p >= 0; p = s.nxt[p]) redo_gpu(p / d.k);
     for (int32_t p = s.head[y]; p >= 0; p = s.nxt[p]) redo_gpu(p / d.k);
-    return bal_now();
   }
 
   // gcnt holds 2 x (copies of e on g) + (Q had e on g): one read tells
@@ -220,8 +217,9 @@ struct Search {
       s.xterm[n++] = phi(s.load[g] + dl) - s.phi0[g];
       s.on[g] |= 4;
     }
-    xsum = 0.0;
-    for (int32_t i = 0; i < n; ++i) xsum = xsum + s.xterm[i];
+    double sum = 0.0;
+    for (int32_t i = 0; i < n; ++i) sum = sum + s.xterm[i];
+    s.xsum[0] = sum;
     return n;
   }
   // Per donor slot t (its expert y loses a replica), the terms eval_give
@@ -261,27 +259,27 @@ struct Search {
   EPLB_HD void done_give(int32_t nx) {
     for (int32_t i = 0; i < nx; ++i) s.on[s.xg[i]] &= (uint8_t)~4u;
   }
-  // eval_give(t, x) when the donor's GPU and the other GPUs holding its
-  // expert y hold no x (else it falls back to eval_give): then each GPU's
+  // eval_give(t, x) without touching shared state, when the donor's GPU
+  // and the other GPUs holding its expert y hold no x: then each GPU's
   // change comes from one side only, and the holders' terms are prep_give's
   // and prep_donors', added up once per step (xsum, ysum) instead of once
-  // per candidate. The terms are the same; their sum is rounded in another
-  // order, the same on every device.
-  EPLB_HD double eval_give_fast(int32_t t, int32_t x, int32_t n_x) {
+  // per candidate. The terms are eval_give's; their sum is rounded in
+  // another order, the same on every device. Returns false (dp unset) when
+  // eval_give is needed.
+  EPLB_HD bool give_fast(int32_t t, int32_t x, int32_t n_x, double& dp) const {
     const int32_t h = t / d.k, y = s.cur[t];
-    if (s.on[h] & 4) return eval_give(t, x);
+    if (s.on[h] & 4) return false;
+    const double nx = s.w[x] / (double)(s.cnt[x] + 1);
     if (s.yb[t] >= 0) {
-      // prep_donors stored the other holders' terms: the same sums.
       for (int32_t i = s.yb[t]; i < s.ye[t]; ++i) {
-        if (s.on[s.yg[i]] & 4) return eval_give(t, x);
+        if (s.on[s.yg[i]] & 4) return false;
       }
-      const double nx = s.w[x] / (double)(s.cnt[x] + 1);
-      return (phi(s.load[h] + (nx - s.rep[y])) - s.phi0[h]) + (xsum + s.ysum[t]);
+      dp = (phi(s.load[h] + (nx - s.rep[y])) - s.phi0[h]) + (s.xsum[0] + s.ysum[t]);
+      return true;
     }
     for (int32_t p = s.head[y]; p >= 0; p = s.nxt[p]) {
-      if (p != t && (s.on[p / d.k] & 4)) return eval_give(t, x);
+      if (p != t && (s.on[p / d.k] & 4)) return false;
     }
-    const double nx = s.w[x] / (double)(s.cnt[x] + 1);
     const double ny = s.w[y] / (double)(s.cnt[y] - 1);
     const double dy = ny - s.rep[y];
     double dlh = nx - s.rep[y];
@@ -300,7 +298,8 @@ struct Search {
       }
       if (g != h && any) dphi = dphi + (phi(s.load[g] + dl) - s.phi0[g]);
     }
-    return dphi;
+    dp = dphi;
+    return true;
   }
 
   // s.on's bit 1 marks GPUs already in the touched list (bit 0: active).
@@ -322,56 +321,85 @@ struct Pick {
   int32_t kind;  // -1 none, 0 swap slots (a, b), 1 slot b gets expert a
   int32_t a, b, cost;
   double dphi;
+  int64_t ord;  // place in the scan order: the first wins ties
+  int32_t slow;  // some give candidate was left for eval_give (search_step)
 
-  // Free candidates first by drop; then drop per move.
+  // Whether candidate (c, dp) is strictly better: free candidates first, by
+  // drop; then paid ones by drop per move.
   EPLB_HD bool worse_than(int32_t c, double dp) const {
     if (kind < 0) return true;
     const bool paid = c > 0, mine = cost > 0;
     if (paid != mine) return mine;
     return paid ? dp / (double)c < dphi / (double)cost : dp < dphi;
   }
-  EPLB_HD void offer(int32_t k, int32_t x, int32_t y, int32_t c, double dp) {
-    if (worse_than(c, dp)) kind = k, a = x, b = y, cost = c, dphi = dp;
+  // Offers made in scan order keep the first of equal candidates.
+  EPLB_HD void offer(int32_t k, int32_t x, int32_t y, int32_t c, double dp, int64_t o) {
+    if (worse_than(c, dp)) kind = k, a = x, b = y, cost = c, dphi = dp, ord = o;
   }
 };
 
-EPLB_HD Pick search_step(Search& z, int32_t g, int32_t M) {
+// The better of two picks; of equal ones the earlier in the scan order. A
+// total order, so lanes that scanned different candidates agree.
+EPLB_HD Pick better_pick(const Pick& x, const Pick& y) {
+  if (y.kind < 0) return x;
+  if (x.kind < 0 || x.worse_than(y.cost, y.dphi)) return y;
+  if (y.worse_than(x.cost, x.dphi)) return x;
+  return y.ord < x.ord ? y : x;
+}
+
+// Whether p is strictly better than every candidate of cost c whose drop is
+// at least bound: then none of them can win, even on ties.
+EPLB_HD bool beats_bound(const Pick& p, int32_t c, double bound) {
+  if (p.kind < 0) return false;
+  const Pick x{1, 0, 0, c, bound, 0, 0};
+  return x.worse_than(p.cost, p.dphi);
+}
+
+// One step's candidates for the hottest GPU g (see the top of the file).
+// Lanes scan disjoint candidates, each keeping its first best; the merge by
+// better_pick gives the pick of one lane scanning them all in order. A lane
+// skips only candidates that cannot beat a pick it already holds, which
+// comes earlier in the scan order, so skipping never changes the result.
+template <typename Team>
+EPLB_HD Pick search_step(const Team& team, Search& z, int32_t g, int32_t M) {
   const MigrateDims d = z.d;
   MigrateScratch& s = z.s;
-  const int32_t k = d.k, n = z.node(g);
+  const int32_t k = d.k, n = z.node(g), moves = z.moves;
   const int32_t h0 = z.hier ? n * z.gpn : 0, h1 = z.hier ? (n + 1) * z.gpn : d.G;
-  Pick best{-1, 0, 0, 0, 0.0};
-  // a. swaps with each GPU h. Only g and h change and their sum stays; Phi
-  // is convex, so the pair can improve only when the transfer d is in
-  // (0, gap), and never by more than at d = gap / 2 (reach below).
+  const int32_t no = h1 - h0;
   // The parts of a swap's cost that depend on one side only, and the
   // replica loads, are read once per slot: srep[t] = rep of t's expert;
   // sadd[t] = novel(g, f) - last_new(h, f) for a slot t of h holding f
   // (-last_new(g, e) for g's own slots), or 9 for a GPU's second copy.
-  for (int32_t t = h0 * k; t < h1 * k; ++t) {
-    const int32_t f = s.cur[t], h = t / k;
+  team.for_each(no * k, [&](int32_t x) {
+    const int32_t t = h0 * k + x, f = s.cur[t], h = t / k;
     s.srep[t] = s.rep[f];
     s.sadd[t] = !s.uniq[t] ? 9
                 : h == g   ? -(int32_t)z.last_new(g, f)
                            : (int32_t)z.novel(g, f) - (int32_t)z.last_new(h, f);
-  }
-  // Partners by ascending load (insertion sort of at most G entries).
-  int32_t no = 0;
-  for (int32_t h = h0; h < h1; ++h) {
-    int32_t j = no++;
-    for (; j > 0 && (s.load[s.ord[j - 1]] > s.load[h]); --j) s.ord[j] = s.ord[j - 1];
-    s.ord[j] = h;
-  }
-  for (int32_t oi = 0; oi < no; ++oi) {
+  });
+  // a. swaps. Partners by ascending load, lowest index on ties.
+  team.single([&] {
+    for (int32_t h = h0; h < h1; ++h) {
+      int32_t j = h - h0;
+      for (; j > 0 && (s.load[s.ord[j - 1]] > s.load[h]); --j) s.ord[j] = s.ord[j - 1];
+      s.ord[j] = h;
+    }
+  });
+  // Only g and h change and their sum stays; Phi is convex, so a swap can
+  // improve only when the transfer is in (0, gap), and never by more than
+  // at half the gap (reach), nor for fewer moves than the cheapest g side
+  // plus the cheapest h side (cmin). One item per partner: a lane holds few
+  // of them, and scans each slot pair in slot order.
+  const Pick none{-1, 0, 0, 0, 0.0, 0, 0};
+  Pick best = team.fold(no, none, [&](int32_t oi, Pick& acc) {
     const int32_t h = s.ord[oi];
-    const double gap = s.load[g] - s.load[h];
-    if (h == g || !(gap > 0.0)) continue;
-    const double mid = (s.load[g] + s.load[h]) / 2.0;
-    const double reach = (z.phi(mid) + z.phi(mid)) - (s.phi0[g] + s.phi0[h]);
-    if (!best.worse_than(0, reach)) continue;
-    // The cheapest swap with h costs at least the cheapest g side plus the
-    // cheapest h side; if that is a paid move, h's best drop per move is at
-    // most reach over it, which may already lose to the incumbent.
+    const double lg = s.load[g], lh = s.load[h], pg = s.phi0[g], ph = s.phi0[h];
+    const double gap = lg - lh;
+    if (h == g || !(gap > 0.0)) return;
+    const double mid = (lg + lh) / 2.0;
+    const double reach = (z.phi(mid) + z.phi(mid)) - (pg + ph);
+    if (!acc.worse_than(0, reach)) return;
     int32_t cmin_g = 9, cmin_h = 9;
     for (int32_t t = h * k; t < (h + 1) * k; ++t) cmin_h = s.sadd[t] < cmin_h ? s.sadd[t] : cmin_h;
     for (int32_t i = g * k; i < (g + 1) * k; ++i) {
@@ -379,10 +407,10 @@ EPLB_HD Pick search_step(Search& z, int32_t g, int32_t M) {
       const int32_t ce = s.sadd[i] + (int32_t)z.novel(h, s.cur[i]);
       cmin_g = ce < cmin_g ? ce : cmin_g;
     }
-    if (cmin_g + cmin_h > 0 && !best.worse_than(cmin_g + cmin_h, reach)) continue;
-    const double lg = s.load[g], lh = s.load[h], pg = s.phi0[g], ph = s.phi0[h];
     const int32_t cmin = cmin_g + cmin_h;
     for (int32_t i = g * k; i < (g + 1) * k; ++i) {
+      // Nothing left with h can beat a pick that reached h's bound.
+      if (!acc.worse_than(cmin, reach)) return;
       if (s.sadd[i] == 9) continue;
       const int32_t e = s.cur[i];
       const double a = s.srep[i];
@@ -391,26 +419,29 @@ EPLB_HD Pick search_step(Search& z, int32_t g, int32_t M) {
         const double delta = a - s.srep[t];
         if (s.sadd[t] == 9 || !(delta > 0.0) || !(delta < gap) || s.cur[t] == e) continue;
         const int32_t c = ce + s.sadd[t];
-        if (z.moves + c > M) continue;
+        if (moves + c > M) continue;
         const double dp = (z.phi(lg - delta) - pg) + (z.phi(lh + delta) - ph);
-        if (dp < 0.0) best.offer(0, i, t, c, dp);
+        const int64_t ord = ((int64_t)oi * k + (i - g * k)) * k + (t - h * k);
+        if (dp < 0.0) acc.offer(0, i, t, c, dp, ord);
       }
-      // Nothing left with h can beat a candidate that reached h's bound.
-      if (!best.worse_than(cmin, reach)) break;
     }
-  }
+  }, better_pick);
   // b. a slot whose expert has >= 2 replicas (a donor) goes to an expert of
   // g. relief is the drop of Phi over e's holders if e had one more
   // replica; a candidate's drop is at most relief plus the drop at the
   // donor's GPU, each taken alone (Phi is convex and nondecreasing): a bound
   // that skips most candidates unevaluated.
-  int32_t nd = 0;
-  for (int32_t t = h0 * k; t < h1 * k; ++t) {
-    if (s.uniq[t] && s.cnt[s.cur[t]] >= 2) s.donor[nd++] = t;
-  }
+  const int32_t nd = team.single_result([&] {
+    int32_t c = 0;
+    for (int32_t t = h0 * k; t < h1 * k; ++t) {
+      if (s.uniq[t] && s.cnt[s.cur[t]] >= 2) s.donor[c++] = t;
+    }
+    if (c > 0) z.prep_donors(c);
+    return c;
+  });
   if (nd == 0) return best;
-  z.prep_donors(nd);
-  for (int32_t i = g * k; i < (g + 1) * k; ++i) {
+  for (int32_t ii = 0; ii < k; ++ii) {
+    const int32_t i = g * k + ii;
     if (!s.uniq[i]) continue;
     const int32_t e = s.cur[i];
     const double ne = s.w[e] / (double)(s.cnt[e] + 1);
@@ -421,19 +452,57 @@ EPLB_HD Pick search_step(Search& z, int32_t g, int32_t M) {
       const double n_y = (double)(s.gcnt[(int64_t)y * d.E + e] >> 1);
       relief = relief + (s.phi0[y] - z.phi(s.load[y] + n_y * (ne - s.rep[e])));
     }
-    const int32_t n_x = z.prep_give(e);
-    for (int32_t j = 0; j < nd; ++j) {
+    const int32_t n_x = team.single_result([&] { return z.prep_give(e); });
+    const int64_t base = (int64_t)no * k * k + (int64_t)ii * nd;
+    // Donor j's cost c and an upper bound on its drop; false when it is not
+    // admissible or skip(c, bound) says the bound cannot win (a cheap,
+    // weaker bound is tried first).
+    auto admit = [&](int32_t j, int32_t& c, double& bound, const auto& skip) {
       const int32_t t = s.donor[j], h = t / k, f = s.cur[t];
-      if (f == e) continue;
-      const int32_t c = z.give_cost(t, e);
-      if (z.moves + c > M || !best.worse_than(c, -relief - s.phi0[h])) continue;
-      double bound = -relief;
+      if (f == e) return false;
+      c = z.give_cost(t, e);
+      if (moves + c > M || skip(c, -relief - s.phi0[h])) return false;
+      bound = -relief;
       if (ne < s.rep[f]) bound = bound + (z.phi(s.load[h] + (ne - s.rep[f])) - s.phi0[h]);
-      if (!best.worse_than(c, bound)) continue;
-      const double dp = z.eval_give_fast(t, e, n_x);
-      if (dp < 0.0) best.offer(1, e, t, c, dp);
+      return !skip(c, bound);
+    };
+    // Donors whose GPUs also hold e need eval_give, which adds up per-GPU
+    // changes in shared scratch: the lanes only flag them (s.slow, cleared
+    // again below), and one lane evaluates them after the merge.
+    best.slow = 0;
+    best = team.fold(nd, best, [&](int32_t j, Pick& acc) {
+      int32_t c;
+      double bound, dp;
+      if (!admit(j, c, bound, [&](int32_t c2, double b) { return !acc.worse_than(c2, b); })) return;
+      if (!z.give_fast(s.donor[j], e, n_x, dp)) {
+        s.slow[j] = 1;
+        acc.slow = 1;
+      } else if (dp < 0.0) {
+        acc.offer(1, e, s.donor[j], c, dp, base + j);
+      }
+    }, [](const Pick& x, const Pick& y) {
+      Pick r = better_pick(x, y);
+      r.slow = x.slow | y.slow;
+      return r;
+    });
+    if (!best.slow) {
+      team.single([&] { z.done_give(n_x); });
+      continue;
     }
-    z.done_give(n_x);
+    best = team.single_result([&] {
+      Pick acc = best;
+      for (int32_t j = 0; j < nd; ++j) {
+        int32_t c;
+        double bound;
+        if (!s.slow[j]) continue;
+        s.slow[j] = 0;
+        if (!admit(j, c, bound, [&](int32_t c2, double b) { return beats_bound(acc, c2, b); })) continue;
+        const double dp = z.eval_give(s.donor[j], e);
+        if (dp < 0.0) acc = better_pick(acc, Pick{1, e, s.donor[j], c, dp, base + j, 0});
+      }
+      z.done_give(n_x);
+      return acc;
+    });
   }
   return best;
 }
@@ -442,14 +511,21 @@ EPLB_HD Pick search_step(Search& z, int32_t g, int32_t M) {
 // back (cost < 0) and leaves both its GPUs below the current maximum, the one
 // that raises Phi least (first in slot order on ties). The next steps can
 // spend the refund where it now helps more.
-EPLB_HD Pick refund_step(Search& z, double peak) {
+template <typename Team>
+EPLB_HD Pick refund_step(const Team& team, Search& z, double peak) {
   const MigrateDims d = z.d;
   MigrateScratch& s = z.s;
   const int32_t k = d.k;
-  Pick best{-1, 0, 0, 0, 0.0};
-  for (int32_t i = 0; i < d.P; ++i) {
+  auto least = [](const Pick& x, const Pick& y) {
+    if (y.kind < 0) return x;
+    if (x.kind < 0 || y.dphi < x.dphi) return y;
+    if (x.dphi < y.dphi) return x;
+    return y.ord < x.ord ? y : x;
+  };
+  const Pick none{-1, 0, 0, 0, 0.0, 0, 0};
+  return team.fold(d.P, none, [&](int32_t i, Pick& acc) {
     const int32_t x = i / k, e = s.cur[i];
-    if (!s.uniq[i] || !z.last_new(x, e)) continue;
+    if (!s.uniq[i] || !z.last_new(x, e)) return;
     const int32_t lo = z.hier ? z.node(x) * z.gpn * k : 0, hi = z.hier ? lo + z.gpn * k : d.P;
     for (int32_t t = lo; t < hi; ++t) {
       const int32_t y = t / k, f = s.cur[t];
@@ -459,26 +535,45 @@ EPLB_HD Pick refund_step(Search& z, double peak) {
       const double lx = s.load[x] - s.rep[e] + s.rep[f], ly = s.load[y] + s.rep[e] - s.rep[f];
       if (!(lx < peak) || !(ly < peak)) continue;
       const double dp = (z.phi(lx) - s.phi0[x]) + (z.phi(ly) - s.phi0[y]);
-      if (best.kind < 0 || dp < best.dphi) best = Pick{0, i, t, c, dp};
+      if (acc.kind < 0 || dp < acc.dphi) acc = Pick{0, i, t, c, dp, (int64_t)i * d.P + t, 0};
     }
-  }
-  return best;
+  }, least);
 }
+
+struct SearchStart {
+  double bal;
+  int32_t moves;
+};
 
 // Runs the search from s.q (which must hold every expert in full slots,
 // all GPUs active, s.qcnt and s.home filled); leaves the result in s.best and
-// returns its balancedness.
-EPLB_HD double incremental_search(MigrateDims d, MigrateScratch& s, bool hier, int32_t M) {
-  Search z{d, s, hier, hier ? d.G / d.N : d.G, 0, 0.0, 0.0, 0.0};
-  for (int32_t p = 0; p < d.P; ++p) s.cur[p] = s.best[p] = s.q[p];
-  // gcnt = 2 qcnt + (qcnt > 0): zero but where Q has a slot.
-  for (int64_t i = 0; i < (int64_t)d.G * d.E; ++i) s.gcnt[i] = 0;
-  for (int32_t p = 0; p < d.P; ++p) {
-    const int64_t i = (int64_t)(p / d.k) * d.E + s.q[p];
-    s.gcnt[i] = 2 * s.qcnt[i] + 1;
-  }
-  for (int32_t g = 0; g < d.G; ++g) s.dl[g] = 0.0, s.on[g] = 1;
-  double best_bal = z.refresh();
+// returns its balancedness. Every lane keeps the step's scalars (the
+// hottest GPU, mean, moves) itself, from values in scratch that only
+// team.single changes.
+template <typename Team>
+EPLB_HD double incremental_search(const Team& team, MigrateDims d, MigrateScratch& s, bool hier,
+                                  int32_t M) {
+  Search z{d, s, hier, hier ? d.G / d.N : d.G, 0, 0.0, 0.0};
+  team.for_each(d.P, [&](int32_t p) {
+    s.cur[p] = s.best[p] = s.q[p];
+    s.slow[p] = 0;
+  });
+  team.for_each(d.G, [&](int32_t g) {
+    for (int32_t e = 0; e < d.E; ++e) s.gcnt[(int64_t)g * d.E + e] = 0;
+    s.dl[g] = 0.0, s.on[g] = 1;
+  });
+  team.sync();
+  const SearchStart start = team.single_result([&] {
+    // gcnt = 2 qcnt + (qcnt > 0): zero but where Q has a slot.
+    for (int32_t p = 0; p < d.P; ++p) {
+      const int64_t i = (int64_t)(p / d.k) * d.E + s.q[p];
+      s.gcnt[i] = 2 * s.qcnt[i] + 1;
+    }
+    const double bal = z.refresh();
+    return SearchStart{bal, z.moves};
+  });
+  double best_bal = start.bal;
+  z.moves = start.moves;
   double total = 0.0;
   for (int32_t g = 0; g < d.G; ++g) total = total + s.load[g];
   z.mean = total / (double)d.G;
@@ -489,16 +584,26 @@ EPLB_HD double incremental_search(MigrateDims d, MigrateScratch& s, bool hier, i
     const double span = s.load[g] - z.mean;
     if (!(span > 0.0)) break;
     z.inv = 1.0 / span;
-    for (int32_t x = 0; x < d.G; ++x) s.phi0[x] = z.phi(s.load[x]);
-    Pick pk = search_step(z, g, M);
-    if (pk.kind < 0 && z.moves > 0) pk = refund_step(z, s.load[g]);
+    team.for_each(d.G, [&](int32_t x) { s.phi0[x] = z.phi(s.load[x]); });
+    team.sync();
+    Pick pk = search_step(team, z, g, M);
+    if (pk.kind < 0 && z.moves > 0) pk = refund_step(team, z, s.load[g]);
     if (pk.kind < 0) break;
-    const double bal = pk.kind == 0 ? z.apply_swap(pk.a, pk.b, pk.cost) : z.apply_give(pk.b, pk.a, pk.cost);
+    team.single([&] {
+      if (pk.kind == 0) {
+        z.apply_swap(pk.a, pk.b);
+      } else {
+        z.apply_give(pk.b, pk.a);
+      }
+    });
+    z.moves += pk.cost;
+    const double bal = z.bal_now();
     if (bal > best_bal) {
       best_bal = bal;
-      for (int32_t p = 0; p < d.P; ++p) s.best[p] = s.cur[p];
+      team.for_each(d.P, [&](int32_t p) { s.best[p] = s.cur[p]; });
     }
   }
+  team.sync();
   return best_bal;
 }
 

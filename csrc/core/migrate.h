@@ -38,7 +38,18 @@ struct MigrateIO {
 
 EPLB_HD int32_t clamp_id(int64_t v, int64_t n) { return v >= 0 && v < n ? (int32_t)v : -1; }
 
-EPLB_HD void migrate_layer(MigrateDims d, MigrateScratch& s, MigrateIO io) {
+// What the sequential first part decides for the rest of the layer.
+struct MigratePlan {
+  int32_t na;        // active GPUs
+  int32_t moves_r;   // moves of R
+  int32_t keepable;  // Q is full, holds every expert, all GPUs active
+  int32_t search;    // run the incremental search (M > 0 and Q allows it)
+  int32_t hier;      // node-preserving changes only
+  int32_t outcome;
+};
+
+// Step 1 and the checks of step 2, on one lane.
+EPLB_HD MigratePlan migrate_begin(MigrateDims d, MigrateScratch& s, MigrateIO io) {
   const int32_t k = d.k, P = d.P, E = d.E;
   s.tag = 0;
   for (int32_t e = 0; e < E; ++e) s.stamp[e] = -1, s.w[e] = (double)io.w[e];
@@ -78,24 +89,32 @@ EPLB_HD void migrate_layer(MigrateDims d, MigrateScratch& s, MigrateIO io) {
     }
     for (int32_t e = 0; e < E; ++e) s.home[e] = s.home[e / m * m];
   }
+  const bool q_ok = d.max_moves >= 0 && keepable && !split;
+  return MigratePlan{na, moves_r, keepable, q_ok && d.max_moves > 0, hier,
+                     q_ok ? (int32_t)kSearched : (int32_t)kRelabeled};
+}
 
+// The choice between R, Q and the searched placement (s.best, whose
+// balancedness is bal_s), step 3 and the outputs, on one lane.
+EPLB_HD void migrate_end(MigrateDims d, MigrateScratch& s, MigrateIO io, MigratePlan pl,
+                         double bal_s) {
+  const int32_t P = d.P, E = d.E, na = pl.na;
   const int32_t* res = s.r;
-  int32_t outcome = kRelabeled;
-  const int32_t M = d.max_moves;
-  if (M >= 0 && keepable && !split) {
-    outcome = kSearched;
+  int32_t outcome = pl.outcome;
+  if (outcome == kSearched) {
     res = s.q;
-    if (M > 0) {
-      const double bal_s = incremental_search(d, s, hier, M);
+    if (pl.search) {
       res = s.best;
-      if (moves_r <= M && balancedness_of(d, s, s.r, na) > bal_s) res = s.r, outcome = kRelabeled;
+      if (pl.moves_r <= d.max_moves && balancedness_of(d, s, s.r, na) > bal_s) {
+        res = s.r, outcome = kRelabeled;
+      }
     }
   }
-  if (keepable && res != s.q) {
+  if (pl.keepable && res != s.q) {
     const double bal_new = balancedness_of(d, s, res, na);
     const double bal_q = balancedness_of(d, s, s.q, na);
     if (bal_new - bal_q < d.min_improvement) res = s.q, outcome = kKept;
-  } else if (keepable && 0.0 < d.min_improvement) {
+  } else if (pl.keepable && 0.0 < d.min_improvement) {
     outcome = kKept;
   }
 
@@ -111,8 +130,18 @@ EPLB_HD void migrate_layer(MigrateDims d, MigrateScratch& s, MigrateIO io) {
     }
   }
   io.info[0] = outcome;
-  io.info[1] = moves_r;
+  io.info[1] = pl.moves_r;
   io.info[2] = count_moves(d, s, res, na);
+}
+
+// One layer on a team: the relabeling and the final choice are sequential,
+// the search's candidate scans are spread over the lanes.
+template <typename Team>
+EPLB_HD void migrate_layer(const Team& team, MigrateDims d, MigrateScratch& s, MigrateIO io) {
+  const MigratePlan pl = team.single_result([&] { return migrate_begin(d, s, io); });
+  double bal_s = 0.0;
+  if (pl.search) bal_s = incremental_search(team, d, s, pl.hier != 0, d.max_moves);
+  team.single([&] { migrate_end(d, s, io, pl, bal_s); });
 }
 
 }  // namespace eplb

@@ -45,6 +45,7 @@ struct MigrateScratch {
   int32_t* best;     // P      the best placement the search has seen
   int32_t* nxt;      // P      next slot of the same expert (search)
   int32_t* donor;    // P      slots whose expert has >= 2 replicas (search)
+  uint8_t* slow;     // P      per donor: needs eval_give (search, one expert)
   double* srep;      // P      each slot's replica load (search, one step)
   int32_t* sadd;     // P      each slot's part of a swap's cost (search, one step)
   double* xterm;     // G      Phi change of each holder of the expert given (search)
@@ -54,6 +55,7 @@ struct MigrateScratch {
   int32_t* yg;       // P      the other GPUs holding a donor's expert (search, one step)
   double* yt;        // P      their Phi change when it loses the donor's replica
   double* ysum;      // P      per donor slot: the total of its yt range
+  double* xsum;      // 1      the total of xterm (search, one expert)
   uint8_t* uniq;     // P      first slot of its expert on its GPU (search)
   int32_t* head;     // E      first slot of each expert (search)
   int32_t* cnt;      // E      replica counts
@@ -97,6 +99,7 @@ EPLB_HD int64_t migrate_scratch(MigrateDims d, void* buf, MigrateScratch* out) {
   s.best = c.take<int32_t>(P);
   s.nxt = c.take<int32_t>(P);
   s.donor = c.take<int32_t>(P);
+  s.slow = c.take<uint8_t>(P);
   s.srep = c.take<double>(P);
   s.sadd = c.take<int32_t>(P);
   s.xterm = c.take<double>(G);
@@ -106,6 +109,7 @@ EPLB_HD int64_t migrate_scratch(MigrateDims d, void* buf, MigrateScratch* out) {
   s.yg = c.take<int32_t>(P);
   s.yt = c.take<double>(P);
   s.ysum = c.take<double>(P);
+  s.xsum = c.take<double>(1);
   s.uniq = c.take<uint8_t>(P);
   s.head = c.take<int32_t>(E);
   s.cnt = c.take<int32_t>(E);

@@ -10,7 +10,10 @@
 //    [0, n), the same value on every lane. Keys are unique uint64 values
 //    that pack (value, index), so the extreme key names the first best
 //    element: the tie rule of SPEC.md, whatever the reduction order.
-//  * team.single(f): f() on one lane (sequential steps such as one pick).
+//  * team.single(f): f() on one lane (sequential steps such as one pick);
+//    team.single_result(f) also hands f()'s value to every lane;
+//  * team.fold(n, init, visit, merge): per-lane accumulators merged into
+//    one, for picks whose order is not one packed key (see LaneTeam::fold).
 //
 // Two teams run the same code:
 //  * LaneTeam<W> (host, here): W emulated lanes, each loop run lane by lane
@@ -43,6 +46,30 @@ struct LaneTeam {
   template <typename F>
   void single(const F& f) const {
     f();
+  }
+  // f()'s result, computed on one lane, on every lane.
+  template <typename F>
+  auto single_result(const F& f) const -> decltype(f()) {
+    return f();
+  }
+  // Folds [0, n) into per-lane accumulators that start at init (visit(i,
+  // acc) adds item i; each lane visits its items in ascending order), then
+  // merges them in the butterfly order. merge must pick by a total order
+  // (ties broken by an index the accumulator carries), so the result does
+  // not depend on which lane held what.
+  template <typename T, typename Visit, typename Merge>
+  T fold(int32_t n, const T& init, const Visit& visit, const Merge& merge) const {
+    T part[W];
+    for (int32_t lane = 0; lane < W; ++lane) {
+      part[lane] = init;
+      for (int32_t i = lane; i < n; i += W) visit(i, part[lane]);
+    }
+    for (int32_t o = 1; o < W; o *= 2) {
+      T next[W];
+      for (int32_t lane = 0; lane < W; ++lane) next[lane] = merge(part[lane], part[lane ^ o]);
+      for (int32_t lane = 0; lane < W; ++lane) part[lane] = next[lane];
+    }
+    return part[0];
   }
   template <typename F>
   uint64_t max_key(int32_t n, const F& key) const {

@@ -27,4 +27,11 @@ STABLE_TORCH_LIBRARY(eplb_ext, m) {
       "migrate(Tensor tokens_per_expert, Tensor physical_to_logical_map, Tensor physical_rank, "
       "Tensor previous, Tensor active, int num_local_physical_experts, int num_groups, "
       "int num_nodes, int max_moves, float min_improvement) -> (Tensor, Tensor, Tensor, Tensor)");
+  // Test only, CPU: migrate with the CUDA kernel's lane-parallel scans run on
+  // `width` (1 or 32) emulated lanes.
+  m.def(
+      "_lanes_migrate(Tensor tokens_per_expert, Tensor physical_to_logical_map, "
+      "Tensor physical_rank, Tensor previous, Tensor active, int num_local_physical_experts, "
+      "int num_groups, int num_nodes, int max_moves, float min_improvement, int width) "
+      "-> (Tensor, Tensor, Tensor, Tensor)");
 }

@@ -28,10 +28,14 @@ void check_map_values(const Tensor& t, const char* name, int64_t lo, int64_t hi,
   }
 }
 
-std::tuple<Tensor, Tensor, Tensor, Tensor> migrate_cpu(Tensor tokens, Tensor phy2log, Tensor rank,
-                                                       Tensor previous, Tensor active, int64_t k,
-                                                       int64_t C, int64_t N, int64_t max_moves,
-                                                       double min_improvement) {
+// The op on a team of W emulated lanes: W = 1 is the CPU kernel; W = 32
+// runs the CUDA kernel's lane-parallel scans on the host (_lanes_migrate),
+// which must give the same bits.
+template <int W>
+std::tuple<Tensor, Tensor, Tensor, Tensor> migrate_team(Tensor tokens, Tensor phy2log, Tensor rank,
+                                                        Tensor previous, Tensor active, int64_t k,
+                                                        int64_t C, int64_t N, int64_t max_moves,
+                                                        double min_improvement) {
   Placement a;
   const MigrateDims d = check_migrate_args(tokens, phy2log, rank, previous, active, k, C, N,
                                            max_moves, min_improvement, &a);
@@ -68,10 +72,33 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> migrate_cpu(Tensor tokens, Tensor phy
                    ptr<int64_t>(previous) + lp, act, ptr<int64_t>(out_p2l) + lp,
                    ptr<int64_t>(out_rank) + lp, ptr<int64_t>(out_cnt) + l * a.E,
                    ptr<int64_t>(info) + l * 3};
-      migrate_layer(d, s, io);
+      migrate_layer(LaneTeam<W>{}, d, s, io);
     });
   });
   return {out_p2l, out_rank, out_cnt, info};
+}
+
+std::tuple<Tensor, Tensor, Tensor, Tensor> migrate_cpu(Tensor tokens, Tensor phy2log, Tensor rank,
+                                                       Tensor previous, Tensor active, int64_t k,
+                                                       int64_t C, int64_t N, int64_t max_moves,
+                                                       double min_improvement) {
+  return migrate_team<1>(tokens, phy2log, rank, previous, active, k, C, N, max_moves,
+                         min_improvement);
+}
+
+std::tuple<Tensor, Tensor, Tensor, Tensor> lanes_migrate_cpu(Tensor tokens, Tensor phy2log,
+                                                             Tensor rank, Tensor previous,
+                                                             Tensor active, int64_t k, int64_t C,
+                                                             int64_t N, int64_t max_moves,
+                                                             double min_improvement,
+                                                             int64_t width) {
+  EPLB_CHECK_VALUE(width == 1 || width == 32, "width = ", width, " must be 1 or 32");
+  if (width == 1) {
+    return migrate_team<1>(tokens, phy2log, rank, previous, active, k, C, N, max_moves,
+                           min_improvement);
+  }
+  return migrate_team<32>(tokens, phy2log, rank, previous, active, k, C, N, max_moves,
+                          min_improvement);
 }
 
 }  // namespace
@@ -79,4 +106,5 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> migrate_cpu(Tensor tokens, Tensor phy
 
 STABLE_TORCH_LIBRARY_IMPL(eplb_ext, CPU, m) {
   m.impl("migrate", TORCH_BOX(&eplb::migrate_cpu));
+  m.impl("_lanes_migrate", TORCH_BOX(&eplb::lanes_migrate_cpu));
 }

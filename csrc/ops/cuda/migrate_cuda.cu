@@ -1,7 +1,10 @@
-// CUDA kernel of the migrate op: one thread block per layer. The block's
-// threads sum the loads over steps (one expert each, as the other kernels);
-// one thread then runs csrc/core/migrate.h, which is sequential by nature
-// (assignments, greedy steps), so the result is the CPU's bit for bit.
+// CUDA kernel of the migrate op: one thread block per layer, a BlockTeam
+// running csrc/core/migrate.h. The block sums the loads over steps (one
+// expert per thread, as the other kernels); the relabeling's assignment and
+// each greedy step's change are sequential by nature and run on one thread,
+// while the candidate scans of every step are spread over the block. The
+// CPU test suite runs the same code on 32 emulated lanes (_lanes_migrate),
+// which must give the CPU op's bits.
 // Scratch comes from torch's caching allocator, the kernel runs on the
 // current stream and nothing is read on the host: the call can be captured
 // in a CUDA graph. Values are not checked here (the Python layer does it);
@@ -14,6 +17,7 @@
 #include "../migrate_args.h"
 #include "../tensor_utils.h"
 #include "cuda_check.cuh"
+#include "team.cuh"
 
 namespace eplb {
 namespace {
@@ -33,18 +37,20 @@ __global__ void migrate_kernel(Loads<T> t, MigrateDims d, char* scratch, int64_t
                                int64_t core, const int64_t* phy2log, const int64_t* rank,
                                const int64_t* prev, const uint8_t* active, int64_t* out_p2l,
                                int64_t* out_rank, int64_t* out_cnt, int64_t* info) {
+  __shared__ uint64_t red[33];
+  __shared__ alignas(16) char wide[BlockTeam::kWideBytes];
+  const BlockTeam team{red, wide};
   const int64_t l = blockIdx.x;
   char* buf = scratch + l * stride;
   float* w = reinterpret_cast<float*>(buf + core);
-  for (int32_t e = threadIdx.x; e < d.E; e += blockDim.x) w[e] = sum_over_steps_one(t, l, e);
-  __syncthreads();
-  if (threadIdx.x != 0) return;
+  team.for_each(d.E, [&](int32_t e) { w[e] = sum_over_steps_one(t, l, e); });
+  team.sync();
   MigrateScratch s;
   migrate_scratch(d, buf, &s);
   const int64_t lp = l * d.P;
   MigrateIO io{w, phy2log + lp, rank + lp, prev + lp, active, out_p2l + lp, out_rank + lp,
                out_cnt + l * d.E, info + l * 3};
-  migrate_layer(d, s, io);
+  migrate_layer(team, d, s, io);
 }
 
 std::tuple<Tensor, Tensor, Tensor, Tensor> migrate_cuda(Tensor tokens, Tensor phy2log, Tensor rank,

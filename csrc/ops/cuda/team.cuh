@@ -24,6 +24,36 @@ __device__ __forceinline__ uint64_t warp_reduce(uint64_t v) {
   return v;
 }
 
+// A trivially copyable value exchanged between lanes, a 32-bit word at a
+// time.
+template <typename T>
+__device__ __forceinline__ T shfl_xor_obj(const T& v, int o) {
+  static_assert(sizeof(T) % 4 == 0, "shuffled values are whole 32-bit words");
+  uint32_t w[sizeof(T) / 4];
+  memcpy(w, &v, sizeof(T));
+  for (int j = 0; j < (int)(sizeof(T) / 4); ++j) w[j] = __shfl_xor_sync(0xffffffffu, w[j], o);
+  T r;
+  memcpy(&r, w, sizeof(T));
+  return r;
+}
+
+template <typename T>
+__device__ __forceinline__ T shfl_from(const T& v, int src) {
+  static_assert(sizeof(T) % 4 == 0, "shuffled values are whole 32-bit words");
+  uint32_t w[sizeof(T) / 4];
+  memcpy(w, &v, sizeof(T));
+  for (int j = 0; j < (int)(sizeof(T) / 4); ++j) w[j] = __shfl_sync(0xffffffffu, w[j], src);
+  T r;
+  memcpy(&r, w, sizeof(T));
+  return r;
+}
+
+template <typename T, typename Merge>
+__device__ __forceinline__ T warp_merge(T v, const Merge& merge) {
+  for (int o = 1; o < 32; o *= 2) v = merge(v, shfl_xor_obj(v, o));
+  return v;
+}
+
 // One warp. Every lane of the warp must call each member (they use the full
 // mask).
 struct WarpTeam {
@@ -39,6 +69,18 @@ struct WarpTeam {
   __device__ void single(const F& f) const {
     if (lane() == 0) f();
     __syncwarp();
+  }
+  template <typename F>
+  __device__ auto single_result(const F& f) const -> decltype(f()) {
+    decltype(f()) v{};
+    if (lane() == 0) v = f();
+    return shfl_from(v, 0);
+  }
+  template <typename T, typename Visit, typename Merge>
+  __device__ T fold(int32_t n, const T& init, const Visit& visit, const Merge& merge) const {
+    T acc = init;
+    for (int32_t i = lane(); i < n; i += 32) visit(i, acc);
+    return warp_merge(acc, merge);
   }
   template <typename F>
   __device__ uint64_t max_key(int32_t n, const F& key) const {
@@ -61,10 +103,52 @@ struct WarpTeam {
 };
 
 // Every thread of the block (blockDim.x a multiple of 32, at most 1024).
-// `red` is shared memory of 33 words, used by the reductions.
+// `red` is shared memory of 33 words, used by the reductions; `wide`, for
+// fold and single_result only, shared memory of kWideBytes (values of at
+// most 64 bytes).
 struct BlockTeam {
+  static constexpr int kWideBytes = 33 * 64;
   uint64_t* red;
+  char* wide = nullptr;
   __device__ int32_t lane() const { return threadIdx.x; }
+
+  template <typename F>
+  __device__ auto single_result(const F& f) const -> decltype(f()) {
+    using T = decltype(f());
+    static_assert(sizeof(T) <= 64, "single_result values fit in 64 bytes");
+    if (threadIdx.x == 0) {
+      const T v = f();
+      memcpy(wide, &v, sizeof(T));
+    }
+    __syncthreads();
+    T r;
+    memcpy(&r, wide, sizeof(T));
+    __syncthreads();  // wide may be reused at once
+    return r;
+  }
+  // Per-thread accumulators, merged within each warp by shuffles and then
+  // across warps by warp 0, through `wide`.
+  template <typename T, typename Visit, typename Merge>
+  __device__ T fold(int32_t n, const T& init, const Visit& visit, const Merge& merge) const {
+    static_assert(sizeof(T) <= 64, "folded values fit in 64 bytes");
+    T acc = init;
+    for (int32_t i = threadIdx.x; i < n; i += blockDim.x) visit(i, acc);
+    acc = warp_merge(acc, merge);
+    const int32_t warps = (int32_t)(blockDim.x >> 5);
+    if ((threadIdx.x & 31) == 0) memcpy(wide + (threadIdx.x >> 5) * 64, &acc, sizeof(T));
+    __syncthreads();
+    if (threadIdx.x < 32) {
+      T v = init;
+      if ((int32_t)threadIdx.x < warps) memcpy(&v, wide + threadIdx.x * 64, sizeof(T));
+      v = warp_merge(v, merge);
+      if (threadIdx.x == 0) memcpy(wide + 32 * 64, &v, sizeof(T));
+    }
+    __syncthreads();
+    T r;
+    memcpy(&r, wide + 32 * 64, sizeof(T));
+    __syncthreads();
+    return r;
+  }
 
   template <typename F>
   __device__ void for_each(int32_t n, const F& f) const {
