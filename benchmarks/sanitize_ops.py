@@ -47,12 +47,16 @@ Call = Tuple[str, Callable[[], object]]
 
 def registered_ops(dispatch_key: str) -> Set[str]:
     """Names of the ops in the namespace with a kernel for ``dispatch_key``
-    ("CUDA", "CPU"); ops without one (Python composites) run through those."""
+    ("CUDA", "CPU"); ops without one (Python composites) run through those.
+    Test-only ops (a leading underscore: the host runs of the lane-parallel
+    code) are left out: servers never call them."""
     prefix = NAMESPACE + "::"
     return {
         name[len(prefix):]
         for name in torch._C._dispatch_get_all_op_names()
-        if name.startswith(prefix) and torch._C._dispatch_has_kernel_for_dispatch_key(name, dispatch_key)
+        if name.startswith(prefix)
+        and not name.startswith(prefix + "_")
+        and torch._C._dispatch_has_kernel_for_dispatch_key(name, dispatch_key)
     }
 
 
