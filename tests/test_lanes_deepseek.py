@@ -28,6 +28,9 @@ def _expected(x, P, k, C, N):
 
 def _assert_lanes_match(x, P, k, C, N, context=""):
     expected = _expected(x, P, k, C, N)
+    mapped = ops.deepseek_mapped(x, P, k, C, N)
+    assert all(torch.equal(a, e) for a, e in zip(mapped[:3], expected)), f"{context} deepseek_mapped"
+    assert torch.equal(mapped[3], ops.deepseek(x, P, k, C, N)[1]), f"{context} deepseek_mapped rank"
     for width in WIDTHS:
         got = ops._lanes_deepseek(x, P, k, C, N, width)
         for name, a, e in zip(("phy2log", "log2phy", "logcnt"), got, expected):

@@ -63,13 +63,13 @@ EPLB_HD uint64_t replica_key(float ratio, int32_t e) {
 // Greedy replication of n experts into p slots (SPEC "Greedy replication"),
 // as replicate() in packing.h: ratio caches weight(e) / cnt[e], recomputed
 // by the one division of the sequential code.
-template <typename Team, typename Weight>
+template <typename Team, typename Weight, typename Idx>
 EPLB_HD void team_replicate(const Team& team, int32_t n, int32_t p, const Weight& weight,
-                            int32_t* cnt, float* ratio, int32_t* phy2log, int32_t* rank) {
+                            int32_t* cnt, float* ratio, Idx* phy2log, Idx* rank) {
   team.for_each(n, [&](int32_t e) {
     cnt[e] = 1;
     ratio[e] = weight(e);
-    phy2log[e] = e;
+    phy2log[e] = (Idx)e;
     rank[e] = 0;
   });
   team.sync();
@@ -77,8 +77,8 @@ EPLB_HD void team_replicate(const Team& team, int32_t n, int32_t p, const Weight
     const uint64_t key = team.max_key(n, [&](int32_t e) { return replica_key(ratio[e], e); });
     const int32_t best = (int32_t)~(uint32_t)key;
     team.single([&] {
-      phy2log[i] = best;
-      rank[i] = cnt[best];
+      phy2log[i] = (Idx)best;
+      rank[i] = (Idx)cnt[best];
       cnt[best] += 1;
       ratio[best] = div_f32(weight(best), (float)cnt[best]);
     });
