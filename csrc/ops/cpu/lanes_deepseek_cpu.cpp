@@ -20,7 +20,8 @@ void lanes_layers(const Loads<T>& t, DeepseekDims d, int64_t X, int64_t* p2l, in
                   int64_t* cnt, int64_t* l2p) {
   const LaneTeam<W> team;
   const int32_t teams = deepseek_node_teams(d);
-  std::vector<uint64_t> buf(static_cast<size_t>(deepseek_team_state(d, teams, nullptr, nullptr) / 8 + 1));
+  const int64_t bytes = deepseek_team_state(d, teams, nullptr, nullptr);
+  std::vector<uint64_t> buf(static_cast<size_t>(bytes / 8 + 1));
   for (int64_t l = 0; l < t.L; ++l) {
     DeepseekTeamState s;
     deepseek_team_state(d, teams, buf.data(), &s);

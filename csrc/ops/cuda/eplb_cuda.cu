@@ -4,10 +4,10 @@
 // threads split the work that is independent (experts for the sums, steps
 // for the vec trees) and one thread runs what is sequential by definition
 // (sorting, packing, the pick of each replica), so results are
-// bit-identical to the CPU. Kernels run on the current stream; nothing is copied to the host and
-// nothing synchronises. Load values are not checked here (that would need a
-// read on the host): the Python layer checks them, and the kernels stay in
-// bounds for any values.
+// bit-identical to the CPU. Kernels run on the current stream; nothing is
+// copied to the host and nothing synchronises. Load values are not checked
+// here (that would need a read on the host): the Python layer checks them,
+// and the kernels stay in bounds for any values.
 #include <torch/csrc/inductor/aoti_torch/c/shim.h>
 #include <torch/csrc/stable/accelerator.h>
 #include <torch/csrc/stable/library.h>
