@@ -242,3 +242,17 @@ def test_non_default_stream():
     stream.synchronize()
     for algo, out in zip(VARIANTS, outs):
         assert_same(out, eplb_ext.rebalance_experts(x, 288, 9, 8, 4, algo, fixed_width=True))
+
+
+def test_cuda_logical_to_physical_malformed_like_cpu():
+    # Duplicate (expert, rank) pairs keep the later slot, out-of-range ids and
+    # ranks are skipped, on both devices.
+    p2l = torch.tensor([[0, 0, 1, 0, 1, 5, -1, 0], [1, 1, 1, 1, 0, 0, 0, 0]])
+    rank = torch.tensor([[0, 0, 0, 1, 0, 0, 0, 9], [0, 1, 0, 1, 2, 2, -3, 0]])
+    gen = torch.Generator().manual_seed(2)
+    rp2l = torch.randint(-1, 9, (5, 300), generator=gen)
+    rrank = torch.randint(-1, 4, (5, 300), generator=gen)
+    for a, b, E in ((p2l, rank, 2), (rp2l, rrank, 8)):
+        for width in (0, 1, 2, 3):
+            cpu = OPS.logical_to_physical(a, b, E, width)
+            assert torch.equal(cpu, OPS.logical_to_physical(a.cuda(), b.cuda(), E, width).cpu())

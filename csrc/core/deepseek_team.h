@@ -108,10 +108,13 @@ struct DeepseekTeamState {
   int32_t* pack_n;     // teams * G / N
 };
 
-// Node teams of a layer: up to 8 (the CUDA kernel's warps); team i places
-// nodes i, i + teams, ... The CPU tests use the same count, so they index the
-// per-team buffers as the kernel does.
-EPLB_HD int32_t deepseek_node_teams(DeepseekDims d) { return d.N < 8 ? d.N : 8; }
+// Node teams of a layer: up to kDeepseekNodeTeams (the CUDA kernel's warps);
+// team i places nodes i, i + teams, ... The CPU tests use the same count, so
+// they index the per-team buffers as the kernel does.
+constexpr int32_t kDeepseekNodeTeams = 8;
+EPLB_HD int32_t deepseek_node_teams(DeepseekDims d) {
+  return d.N < kDeepseekNodeTeams ? d.N : kDeepseekNodeTeams;
+}
 
 // Carves the state from buf (nullptr: only counts); returns the bytes.
 EPLB_HD int64_t deepseek_team_state(DeepseekDims d, int32_t teams, void* buf,

@@ -1,5 +1,5 @@
-// CUDA kernels of deepseek / deepseek_hierarchical and of the building-block
-// ops balanced_packing and replicate_experts: the lane-parallel code of
+// CUDA kernels of deepseek / deepseek_hierarchical, logical_to_physical and
+// the building-block ops balanced_packing and replicate_experts: the code of
 // csrc/core/deepseek_team.h on device teams (team.cuh), one block per layer
 // (or row), its state in shared memory. The CPU tests run the same code
 // through LaneTeam (_lanes_deepseek), and every pick is a reduction over
@@ -25,8 +25,7 @@ using torch::stable::Tensor;
 // where the block's needs three barriers; nodes are independent, so up to
 // kWarps of them run at once. The sums over steps and the group packing use
 // the whole block.
-constexpr int kWarps = 8;
-static_assert(kWarps == 8, "deepseek_node_teams assumes 8 node teams");
+constexpr int kWarps = kDeepseekNodeTeams;
 
 template <typename T>
 __global__ void __launch_bounds__(kWarps * 32)
@@ -98,6 +97,39 @@ __global__ void __launch_bounds__(32)
   team_replicate(team, n, p, [&](int32_t e) { return w.at(0, l, e); }, cnt, ratio,
                  phy2log + l * p, rank + l * p);
   team.for_each(n, [&](int32_t e) { logcnt[l * n + e] = cnt[e]; });
+}
+
+// One block per layer. Two slots claim one (expert, rank) entry only in
+// malformed input; the sequential scatter (scatter_log2phy) then keeps the
+// later slot, and so does atomicMax, whatever the order of the threads.
+__global__ void __launch_bounds__(256)
+    logical_to_physical_kernel(const int64_t* phy2log, const int64_t* rank, int64_t P, int64_t E,
+                               int64_t X, int64_t* out) {
+  const int64_t l = blockIdx.x;
+  int64_t* row = out + l * E * X;
+  for (int64_t i = threadIdx.x; i < E * X; i += blockDim.x) row[i] = -1;
+  __syncthreads();
+  for (int64_t p = threadIdx.x; p < P; p += blockDim.x) {
+    const int64_t e = phy2log[l * P + p], r = rank[l * P + p];
+    if (e >= 0 && e < E && r >= 0 && r < X) {
+      atomicMax(reinterpret_cast<long long*>(row + e * X + r), (long long)p);
+    }
+  }
+}
+
+Tensor logical_to_physical_cuda(Tensor phy2log, Tensor rank, int64_t E, int64_t width) {
+  const Placement a = check_log2phy_args(phy2log, rank, E, width);
+  check_device(phy2log, "physical_to_logical_map", true);
+  check_device(rank, "physical_rank", true);
+  EPLB_CHECK_VALUE(phy2log.get_device_index() == rank.get_device_index(),
+                   "physical_to_logical_map and physical_rank must be on the same device");
+  torch::stable::accelerator::DeviceGuard guard(phy2log.get_device_index());
+  Tensor out = new_index(phy2log, {a.L, a.E, a.X}, ScalarType::Long);
+  if (a.L == 0) return out;
+  logical_to_physical_kernel<<<(unsigned)a.L, 256, 0, cuda_stream(phy2log)>>>(
+      ptr<int64_t>(phy2log), ptr<int64_t>(rank), a.P, a.E, a.X, ptr<int64_t>(out));
+  EPLB_CUDA_CHECK_LAUNCH();
+  return out;
 }
 
 std::tuple<Tensor, Tensor> balanced_packing_cuda(Tensor weight, int64_t num_packs) {
@@ -189,5 +221,6 @@ STABLE_TORCH_LIBRARY_IMPL(eplb_ext, CUDA, m) {
   m.impl("balanced_packing", TORCH_BOX(&eplb::balanced_packing_cuda));
   m.impl("replicate_experts", TORCH_BOX(&eplb::replicate_experts_cuda));
   m.impl("deepseek", TORCH_BOX(&eplb::deepseek_cuda));
+  m.impl("logical_to_physical", TORCH_BOX(&eplb::logical_to_physical_cuda));
   m.impl("deepseek_mapped", TORCH_BOX(&eplb::deepseek_mapped_cuda));
 }

@@ -1,4 +1,4 @@
-// CUDA kernels of deepseek_vec and logical_to_physical (deepseek and the
+// CUDA kernel of deepseek_vec (deepseek, logical_to_physical and the
 // packing and replication ops are in deepseek_cuda.cu): the same core
 // functions as the CPU kernels, one thread block per layer. Within a block,
 // threads split the work that is independent (experts for the sums, steps
@@ -51,16 +51,6 @@ Scratch new_scratch(const Tensor& like, int64_t units, int64_t bytes) {
 
 // ---------------------------------------------------------------- kernels
 
-__global__ void logical_to_physical_kernel(const int64_t* phy2log, const int64_t* rank, int64_t P,
-                                           int64_t E, int64_t X, int64_t* out) {
-  const int64_t l = blockIdx.x;
-  int64_t* row = out + l * E * X;
-  for (int64_t i = threadIdx.x; i < E * X; i += blockDim.x) row[i] = -1;
-  __syncthreads();
-  // One thread scatters, so even malformed input writes deterministically.
-  if (threadIdx.x == 0) scatter_log2phy(phy2log + l * P, rank + l * P, P, E, X, row);
-}
-
 template <typename T>
 __global__ void deepseek_vec_kernel(Loads<T> t, VecDims d, char* scratch, int64_t stride,
                                     int32_t* phy2log, int32_t* log2phy, int32_t* logcnt) {
@@ -104,21 +94,6 @@ __global__ void deepseek_vec_kernel(Loads<T> t, VecDims d, char* scratch, int64_
 
 // ---------------------------------------------------------------- ops
 
-Tensor logical_to_physical_cuda(Tensor phy2log, Tensor rank, int64_t E, int64_t width) {
-  const Placement a = check_log2phy_args(phy2log, rank, E, width);
-  check_device(phy2log, "physical_to_logical_map", true);
-  check_device(rank, "physical_rank", true);
-  EPLB_CHECK_VALUE(phy2log.get_device_index() == rank.get_device_index(),
-                   "physical_to_logical_map and physical_rank must be on the same device");
-  torch::stable::accelerator::DeviceGuard guard(phy2log.get_device_index());
-  Tensor out = new_index(phy2log, {a.L, a.E, a.X}, ScalarType::Long);
-  if (a.L == 0) return out;
-  logical_to_physical_kernel<<<(unsigned)a.L, kThreads, 0, current_stream(phy2log)>>>(
-      ptr<int64_t>(phy2log), ptr<int64_t>(rank), a.P, a.E, a.X, ptr<int64_t>(out));
-  EPLB_CUDA_CHECK_LAUNCH();
-  return out;
-}
-
 std::tuple<Tensor, Tensor, Tensor> deepseek_vec_cuda(Tensor tokens, int64_t P, int64_t k,
                                                     int64_t C, int64_t N) {
   const Placement a = check_placement_args(tokens, P, k, C, N);
@@ -145,6 +120,5 @@ std::tuple<Tensor, Tensor, Tensor> deepseek_vec_cuda(Tensor tokens, int64_t P, i
 }  // namespace eplb
 
 STABLE_TORCH_LIBRARY_IMPL(eplb_ext, CUDA, m) {
-  m.impl("logical_to_physical", TORCH_BOX(&eplb::logical_to_physical_cuda));
   m.impl("deepseek_vec", TORCH_BOX(&eplb::deepseek_vec_cuda));
 }
