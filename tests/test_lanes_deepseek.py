@@ -92,6 +92,7 @@ SHAPES = [
     (2, 2, 32, 64, 2, 16, 16),  # more nodes than node teams
     (1, 2, 1, 4, 2, 1, 1),  # one expert
     (4, 3, 24, 40, 5, 6, 2),
+    (1, 1, 1024, 1280, 10, 8, 2),  # longer sorts and reductions
 ]
 
 DTYPES = [torch.int64, torch.int32, torch.uint8, torch.float32, torch.float16, torch.bfloat16, torch.float64]
