@@ -106,6 +106,12 @@ def _deepseek_fake(tokens: Tensor, P: int, k: int, C: int, N: int) -> Tuple[Tens
     return _index(tokens, L, P), _index(tokens, L, P), _index(tokens, L, E)
 
 
+@torch.library.register_fake("eplb_ext::deepseek_mapped")
+def _deepseek_mapped_fake(tokens: Tensor, P: int, k: int, C: int, N: int) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    L, E = _check_placement(tokens, P, k, C, N)
+    return _index(tokens, L, P), _index(tokens, L, E, P - E + 1), _index(tokens, L, E), _index(tokens, L, P)
+
+
 @torch.library.register_fake("eplb_ext::logical_to_physical")
 def _logical_to_physical_fake(phy2log: Tensor, phy_rank: Tensor, num_logical_experts: int, width: int) -> Tensor:
     torch._check(phy2log.dim() == 2, lambda: "physical_to_logical_map must be 2-D")

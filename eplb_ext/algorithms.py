@@ -214,10 +214,11 @@ def rebalance_experts(
             phy2log = phy2log.to(torch.int64)
         return migration.apply_previous((phy2log, log2phy, logcnt), tokens, plan, k, C, N, largest_count_width=False)
 
-    phy2log, phy_rank, logcnt = _ops.call(_ops.ops.deepseek, tokens, P, k, C, N)
     if fixed_width:
-        log2phy = _ops.call(_ops.ops.logical_to_physical, phy2log, phy_rank, num_experts, P - num_experts + 1)
+        # The map's width is known in advance: one call (one kernel on CUDA).
+        phy2log, log2phy, logcnt, phy_rank = _ops.call(_ops.ops.deepseek_mapped, tokens, P, k, C, N)
     else:
+        phy2log, phy_rank, logcnt = _ops.call(_ops.ops.deepseek, tokens, P, k, C, N)
         # The one host read of the call: the width is the largest count.
         log2phy = _ops.logical_to_physical_counted(phy2log, phy_rank, logcnt, num_experts)
     return migration.apply_previous(

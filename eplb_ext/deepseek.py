@@ -79,6 +79,5 @@ def rebalance_experts(
         raise ValueError(f"num_gpus={G} must divide num_replicas={P}")
     if C % N != 0:
         C, N = 1, 1
-    phy2log, phy_rank, logcnt = _ops.call(_ops.ops.deepseek, weight, P, P // G, C, N)
-    log2phy = _ops.call(_ops.ops.logical_to_physical, phy2log, phy_rank, weight.shape[1], P - weight.shape[1] + 1)
+    phy2log, log2phy, logcnt, _ = _ops.call(_ops.ops.deepseek_mapped, weight, P, P // G, C, N)
     return phy2log, log2phy, logcnt

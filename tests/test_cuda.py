@@ -89,6 +89,40 @@ def test_cuda_matches_cpu(cfg, kind, dtype):
         cpu = eplb_ext.rebalance_experts(x, P, k, C, N, algo)
         gpu = eplb_ext.rebalance_experts(x.cuda(), P, k, C, N, algo)
         assert_same(cpu, gpu)
+    # The fused map at width P - E + 1 (one kernel) of the deepseek variants.
+    for c, n in ((C, N), (1, 1)):
+        assert_same(OPS.deepseek_mapped(x, P, k, c, n), OPS.deepseek_mapped(x.cuda(), P, k, c, n))
+
+
+# Layer states above 48 KB (shared memory by opt-in), above what a block may
+# have (global scratch), and more nodes than the kernel's node teams.
+STATE_CONFIGS = [
+    # (S, L, E, P, k, C, N)
+    (1, 2, 4096, 4608, 9, 8, 4),
+    (2, 2, 16384, 20480, 10, 16, 4),
+    (2, 3, 64, 128, 4, 16, 16),
+]
+
+
+@pytest.mark.parametrize("cfg", STATE_CONFIGS, ids=str)
+@pytest.mark.parametrize("kind", ["skewed", "ties"])
+def test_cuda_deepseek_state_in_shared_or_global_memory(cfg, kind):
+    S, L, E, P, k, C, N = cfg
+    gen = torch.Generator().manual_seed(E + N)
+    x = loads(kind, S, L, E, torch.float32, gen)
+    for c, n in ((C, N), (1, 1)):
+        assert_same(OPS.deepseek(x, P, k, c, n), OPS.deepseek(x.cuda(), P, k, c, n))
+        assert_same(OPS.deepseek_mapped(x, P, k, c, n), OPS.deepseek_mapped(x.cuda(), P, k, c, n))
+
+
+@pytest.mark.parametrize("n", [8, 8192, 65536])
+def test_cuda_building_blocks_any_row_length(n):
+    gen = torch.Generator().manual_seed(n)
+    for kind in ("skewed", "ties", "zeros"):
+        w = loads(kind, 1, 3, n, torch.float32, gen)[0]
+        for m in (1, n // 8, n):
+            assert_same(OPS.balanced_packing(w, m), OPS.balanced_packing(w.cuda(), m))
+        assert_same(OPS.replicate_experts(w, n + n // 4), OPS.replicate_experts(w.cuda(), n + n // 4))
 
 
 def test_cuda_matches_cpu_large_steps():
@@ -138,6 +172,7 @@ def test_opcheck_cuda():
     x = loads("skewed", 3, 4, 16, torch.float32, gen).cuda()
     w = x.sum(0)
     torch.library.opcheck(OPS.deepseek, (x, 24, 3, 4, 2))
+    torch.library.opcheck(OPS.deepseek_mapped, (x, 24, 3, 4, 2))
     torch.library.opcheck(OPS.deepseek_vec, (x, 24, 3, 4, 2))
     torch.library.opcheck(OPS.balanced_packing, (w, 4))
     torch.library.opcheck(OPS.replicate_experts, (w, 20))
@@ -207,3 +242,17 @@ def test_non_default_stream():
     stream.synchronize()
     for algo, out in zip(VARIANTS, outs):
         assert_same(out, eplb_ext.rebalance_experts(x, 288, 9, 8, 4, algo, fixed_width=True))
+
+
+def test_cuda_logical_to_physical_malformed_like_cpu():
+    # Duplicate (expert, rank) pairs keep the later slot, out-of-range ids and
+    # ranks are skipped, on both devices.
+    p2l = torch.tensor([[0, 0, 1, 0, 1, 5, -1, 0], [1, 1, 1, 1, 0, 0, 0, 0]])
+    rank = torch.tensor([[0, 0, 0, 1, 0, 0, 0, 9], [0, 1, 0, 1, 2, 2, -3, 0]])
+    gen = torch.Generator().manual_seed(2)
+    rp2l = torch.randint(-1, 9, (5, 300), generator=gen)
+    rrank = torch.randint(-1, 4, (5, 300), generator=gen)
+    for a, b, E in ((p2l, rank, 2), (rp2l, rrank, 8)):
+        for width in (0, 1, 2, 3):
+            cpu = OPS.logical_to_physical(a, b, E, width)
+            assert torch.equal(cpu, OPS.logical_to_physical(a.cuda(), b.cuda(), E, width).cpu())

@@ -26,6 +26,9 @@ def _opcheck_samples():
         ("deepseek", (t, 24, 3, 4, 2)),
         ("deepseek", (tf, 24, 3, 1, 1)),
         ("deepseek", (t[:, :0], 24, 3, 4, 2)),  # L = 0
+        ("deepseek_mapped", (t, 24, 3, 4, 2)),
+        ("deepseek_mapped", (tf.to(torch.float16), 24, 3, 1, 1)),
+        ("deepseek_mapped", (t[:, :0], 24, 3, 4, 2)),
         ("deepseek_vec", (t, 24, 3, 4, 2)),
         ("deepseek_vec", (tf.to(torch.bfloat16), 24, 3, 1, 1)),
         ("deepseek_vec", (t.transpose(0, 1).contiguous().transpose(0, 1), 16, 1, 1, 1)),

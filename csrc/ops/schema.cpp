@@ -27,6 +27,20 @@ STABLE_TORCH_LIBRARY(eplb_ext, m) {
       "migrate(Tensor tokens_per_expert, Tensor physical_to_logical_map, Tensor physical_rank, "
       "Tensor previous, Tensor active, int num_local_physical_experts, int num_groups, "
       "int num_nodes, int max_moves, float min_improvement) -> (Tensor, Tensor, Tensor, Tensor)");
+  // deepseek with logical_to_physical at width P - E + 1 in the same call
+  // (one kernel on CUDA): (physical_to_logical_map, logical_to_physical_map,
+  // logical_count, physical_rank), int64.
+  m.def(
+      "deepseek_mapped(Tensor tokens_per_expert, int num_physical_experts, "
+      "int num_local_physical_experts, int num_groups, int num_nodes) "
+      "-> (Tensor, Tensor, Tensor, Tensor)");
+  // Test path: deepseek's CUDA code on the host with `width` emulated lanes
+  // (1 or 32). Returns (physical_to_logical_map, logical_to_physical_map at
+  // width P - E + 1, logical_count), int64.
+  m.def(
+      "_lanes_deepseek(Tensor tokens_per_expert, int num_physical_experts, "
+      "int num_local_physical_experts, int num_groups, int num_nodes, int width) "
+      "-> (Tensor, Tensor, Tensor)");
   // Test only, CPU: migrate with the CUDA kernel's lane-parallel scans run on
   // `width` (1 or 32) emulated lanes.
   m.def(

@@ -167,6 +167,13 @@ Tensor logical_to_physical_cpu(Tensor phy2log, Tensor rank, int64_t E, int64_t w
   return out;
 }
 
+std::tuple<Tensor, Tensor, Tensor, Tensor> deepseek_mapped_cpu(Tensor tokens, int64_t P,
+                                                               int64_t k, int64_t C, int64_t N) {
+  auto [phy2log, rank, logcnt] = deepseek_cpu(tokens, P, k, C, N);
+  Tensor log2phy = logical_to_physical_cpu(phy2log, rank, logcnt.size(1), P - logcnt.size(1) + 1);
+  return {phy2log, log2phy, logcnt, rank};
+}
+
 std::tuple<Tensor, Tensor, Tensor> deepseek_vec_cpu(Tensor tokens, int64_t P, int64_t k,
                                                    int64_t C, int64_t N) {
   const Placement a = check_placement_args(tokens, P, k, C, N);
@@ -210,5 +217,6 @@ STABLE_TORCH_LIBRARY_IMPL(eplb_ext, CPU, m) {
   m.impl("replicate_experts", TORCH_BOX(&eplb::replicate_experts_cpu));
   m.impl("logical_to_physical", TORCH_BOX(&eplb::logical_to_physical_cpu));
   m.impl("deepseek", TORCH_BOX(&eplb::deepseek_cpu));
+  m.impl("deepseek_mapped", TORCH_BOX(&eplb::deepseek_mapped_cpu));
   m.impl("deepseek_vec", TORCH_BOX(&eplb::deepseek_vec_cpu));
 }

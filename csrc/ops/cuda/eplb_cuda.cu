@@ -1,18 +1,18 @@
-// CUDA kernels: the same core functions as the CPU kernels, one thread block
-// per layer. Within a block, threads split the work that is independent
-// (experts for the sums, nodes for the deepseek placement, steps for the vec
-// trees) and one thread runs what is sequential by definition (sorting,
-// packing, the pick of each replica), so results are bit-identical to the
-// CPU. Kernels run on the current stream; nothing is copied to the host and
-// nothing synchronises. Load values are not checked here (that would need a
-// read on the host): the Python layer checks them, and the kernels stay in
-// bounds for any values.
+// CUDA kernel of deepseek_vec (deepseek, logical_to_physical and the
+// packing and replication ops are in deepseek_cuda.cu): the same core
+// functions as the CPU kernels, one thread block per layer. Within a block,
+// threads split the work that is independent (experts for the sums, steps
+// for the vec trees) and one thread runs what is sequential by definition
+// (sorting, packing, the pick of each replica), so results are
+// bit-identical to the CPU. Kernels run on the current stream; nothing is
+// copied to the host and nothing synchronises. Load values are not checked
+// here (that would need a read on the host): the Python layer checks them,
+// and the kernels stay in bounds for any values.
 #include <torch/csrc/inductor/aoti_torch/c/shim.h>
 #include <torch/csrc/stable/accelerator.h>
 #include <torch/csrc/stable/library.h>
 
 #include "../../core/deepseek.h"
-#include "../../core/rows.h"
 #include "../../core/vec.h"
 #include "../tensor_utils.h"
 #include "cuda_check.cuh"
@@ -50,48 +50,6 @@ Scratch new_scratch(const Tensor& like, int64_t units, int64_t bytes) {
 }
 
 // ---------------------------------------------------------------- kernels
-
-template <typename T>
-__global__ void balanced_packing_kernel(Loads<T> w, int32_t m, char* scratch, int64_t stride,
-                                        int64_t* pack, int64_t* rank) {
-  const int64_t l = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
-  if (l < w.L) packing_row(w, l, m, scratch + l * stride, pack, rank);
-}
-
-template <typename T>
-__global__ void replicate_kernel(Loads<T> w, int32_t p, char* scratch, int64_t stride,
-                                 int64_t* phy2log, int64_t* rank, int64_t* logcnt) {
-  const int64_t l = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
-  if (l < w.L) replicate_row(w, l, p, scratch + l * stride, phy2log, rank, logcnt);
-}
-
-template <typename T>
-__global__ void deepseek_kernel(Loads<T> t, DeepseekDims d, char* scratch, int64_t stride,
-                                int64_t* phy2log, int64_t* rank, int64_t* logcnt) {
-  const int64_t l = blockIdx.x;
-  char* buf = scratch + l * stride;
-  DeepseekScratch s;
-  deepseek_scratch(d, buf, &s);
-  for (int32_t e = threadIdx.x; e < d.E; e += blockDim.x) s.w[e] = sum_over_steps_one(t, l, e);
-  __syncthreads();
-  if (threadIdx.x == 0) deepseek_renumber(d, s, deepseek_pack(d, buf, d.N));
-  __syncthreads();
-  for (int32_t n = threadIdx.x; n < d.N; n += blockDim.x) {
-    deepseek_node(d, s, deepseek_pack(d, buf, n), n, phy2log + l * d.P, rank + l * d.P);
-  }
-  __syncthreads();
-  for (int32_t e = threadIdx.x; e < d.E; e += blockDim.x) deepseek_count(s, e, logcnt + l * d.E);
-}
-
-__global__ void logical_to_physical_kernel(const int64_t* phy2log, const int64_t* rank, int64_t P,
-                                           int64_t E, int64_t X, int64_t* out) {
-  const int64_t l = blockIdx.x;
-  int64_t* row = out + l * E * X;
-  for (int64_t i = threadIdx.x; i < E * X; i += blockDim.x) row[i] = -1;
-  __syncthreads();
-  // One thread scatters, so even malformed input writes deterministically.
-  if (threadIdx.x == 0) scatter_log2phy(phy2log + l * P, rank + l * P, P, E, X, row);
-}
 
 template <typename T>
 __global__ void deepseek_vec_kernel(Loads<T> t, VecDims d, char* scratch, int64_t stride,
@@ -136,83 +94,6 @@ __global__ void deepseek_vec_kernel(Loads<T> t, VecDims d, char* scratch, int64_
 
 // ---------------------------------------------------------------- ops
 
-unsigned blocks_for(int64_t n, int threads) { return (unsigned)((n + threads - 1) / threads); }
-
-std::tuple<Tensor, Tensor> balanced_packing_cuda(Tensor weight, int64_t num_packs) {
-  check_packing_args(weight, num_packs);
-  check_device(weight, "weight", true);
-  const int64_t L = weight.size(0), n = weight.size(1);
-  torch::stable::accelerator::DeviceGuard guard(weight.get_device_index());
-  Tensor pack = new_index(weight, {L, n}, ScalarType::Long);
-  Tensor rank = new_index(weight, {L, n}, ScalarType::Long);
-  if (L == 0) return {pack, rank};
-  const Scratch sc = new_scratch(weight, L, packing_row_scratch(n, num_packs, nullptr, nullptr));
-  dispatch_loads(weight, "weight", [&](auto tag) {
-    using T = decltype(tag);
-    balanced_packing_kernel<T><<<blocks_for(L, 64), 64, 0, current_stream(weight)>>>(
-        make_loads<T>(weight), (int32_t)num_packs, sc.unit(0), sc.stride,
-        ptr<int64_t>(pack), ptr<int64_t>(rank));
-    EPLB_CUDA_CHECK_LAUNCH();
-  });
-  return {pack, rank};
-}
-
-std::tuple<Tensor, Tensor, Tensor> replicate_experts_cuda(Tensor weight, int64_t num_phy) {
-  check_replicate_args(weight, num_phy);
-  check_device(weight, "weight", true);
-  const int64_t L = weight.size(0), n = weight.size(1);
-  torch::stable::accelerator::DeviceGuard guard(weight.get_device_index());
-  Tensor phy2log = new_index(weight, {L, num_phy}, ScalarType::Long);
-  Tensor rank = new_index(weight, {L, num_phy}, ScalarType::Long);
-  Tensor logcnt = new_index(weight, {L, n}, ScalarType::Long);
-  if (L == 0) return {phy2log, rank, logcnt};
-  const Scratch sc = new_scratch(weight, L, replicate_row_scratch(n, num_phy, nullptr, nullptr));
-  dispatch_loads(weight, "weight", [&](auto tag) {
-    using T = decltype(tag);
-    replicate_kernel<T><<<blocks_for(L, 64), 64, 0, current_stream(weight)>>>(
-        make_loads<T>(weight), (int32_t)num_phy, sc.unit(0), sc.stride,
-        ptr<int64_t>(phy2log), ptr<int64_t>(rank), ptr<int64_t>(logcnt));
-    EPLB_CUDA_CHECK_LAUNCH();
-  });
-  return {phy2log, rank, logcnt};
-}
-
-std::tuple<Tensor, Tensor, Tensor> deepseek_cuda(Tensor tokens, int64_t P, int64_t k, int64_t C,
-                                                int64_t N) {
-  const Placement a = check_placement_args(tokens, P, k, C, N);
-  check_device(tokens, "tokens_per_expert", true);
-  torch::stable::accelerator::DeviceGuard guard(tokens.get_device_index());
-  Tensor phy2log = new_index(tokens, {a.L, a.P}, ScalarType::Long);
-  Tensor rank = new_index(tokens, {a.L, a.P}, ScalarType::Long);
-  Tensor logcnt = new_index(tokens, {a.L, a.E}, ScalarType::Long);
-  if (a.L == 0) return {phy2log, rank, logcnt};
-  const DeepseekDims d{(int32_t)a.E, (int32_t)a.P, (int32_t)a.C, (int32_t)a.N, (int32_t)a.G};
-  const Scratch sc = new_scratch(tokens, a.L, deepseek_scratch(d, nullptr, nullptr));
-  dispatch_loads(tokens, "tokens_per_expert", [&](auto tag) {
-    using T = decltype(tag);
-    deepseek_kernel<T><<<(unsigned)a.L, 128, 0, current_stream(tokens)>>>(
-        make_loads<T>(tokens), d, sc.unit(0), sc.stride, ptr<int64_t>(phy2log),
-        ptr<int64_t>(rank), ptr<int64_t>(logcnt));
-    EPLB_CUDA_CHECK_LAUNCH();
-  });
-  return {phy2log, rank, logcnt};
-}
-
-Tensor logical_to_physical_cuda(Tensor phy2log, Tensor rank, int64_t E, int64_t width) {
-  const Placement a = check_log2phy_args(phy2log, rank, E, width);
-  check_device(phy2log, "physical_to_logical_map", true);
-  check_device(rank, "physical_rank", true);
-  EPLB_CHECK_VALUE(phy2log.get_device_index() == rank.get_device_index(),
-                   "physical_to_logical_map and physical_rank must be on the same device");
-  torch::stable::accelerator::DeviceGuard guard(phy2log.get_device_index());
-  Tensor out = new_index(phy2log, {a.L, a.E, a.X}, ScalarType::Long);
-  if (a.L == 0) return out;
-  logical_to_physical_kernel<<<(unsigned)a.L, kThreads, 0, current_stream(phy2log)>>>(
-      ptr<int64_t>(phy2log), ptr<int64_t>(rank), a.P, a.E, a.X, ptr<int64_t>(out));
-  EPLB_CUDA_CHECK_LAUNCH();
-  return out;
-}
-
 std::tuple<Tensor, Tensor, Tensor> deepseek_vec_cuda(Tensor tokens, int64_t P, int64_t k,
                                                     int64_t C, int64_t N) {
   const Placement a = check_placement_args(tokens, P, k, C, N);
@@ -239,9 +120,5 @@ std::tuple<Tensor, Tensor, Tensor> deepseek_vec_cuda(Tensor tokens, int64_t P, i
 }  // namespace eplb
 
 STABLE_TORCH_LIBRARY_IMPL(eplb_ext, CUDA, m) {
-  m.impl("balanced_packing", TORCH_BOX(&eplb::balanced_packing_cuda));
-  m.impl("replicate_experts", TORCH_BOX(&eplb::replicate_experts_cuda));
-  m.impl("deepseek", TORCH_BOX(&eplb::deepseek_cuda));
-  m.impl("logical_to_physical", TORCH_BOX(&eplb::logical_to_physical_cuda));
   m.impl("deepseek_vec", TORCH_BOX(&eplb::deepseek_vec_cuda));
 }
