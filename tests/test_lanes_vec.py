@@ -162,3 +162,17 @@ def test_rejects_bad_width_and_loads():
         lanes(bad, 24, 3, 4, 2, 32)
     with raises_with(ValueError, "num_nodes=3"):
         lanes(t, 24, 3, 4, 3, 32)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (none present)")
+@pytest.mark.parametrize("S", [11000, 12000])
+def test_cuda_chunk_state_in_shared_or_global_memory(S):
+    # A 256-expert chunk keeps about 20 bytes per step: 11000 steps still fit
+    # one block's shared memory on Hopper (over the default 48 KB), 12000 do
+    # not and the state moves to global memory. Both give the CPU op's bits.
+    t = make_loads("skewed", S, 2, 256, seed=S)
+    for C, N in ((1, 1), (8, 4)):
+        expected = _ops.call(ops.deepseek_vec, t, 288, 9, C, N)
+        got = _ops.call(ops.deepseek_vec, t.cuda(), 288, 9, C, N)
+        assert all(x.is_cuda for x in got)
+        assert_same(tuple(x.cpu() for x in got), expected, f"S={S} N={N}")

@@ -76,26 +76,30 @@ EPLB_HD int64_t vec_chunk_scratch(VecDims d, void* buf, VecTeamChunk* out) {
 }
 
 // Sum over steps of expert e (the additions of sum_over_steps_one, so the
-// same float32), storing its float32 loads on the way.
+// same float32), storing its float32 loads on the way. Loads are read a
+// block ahead of the additions, which keeps several reads of a GPU thread
+// in flight; the additions stay in step order.
 template <typename T>
 EPLB_HD float vec_load_expert(const Loads<T>& t, int64_t l, int64_t e, float* row) {
-  if constexpr (std::is_integral<T>::value) {
-    Sum128 a{0, 0};
-    for (int64_t s = 0; s < t.S; ++s) {
-      const T v = t.raw(s, l, e);
-      a.add((uint64_t)v);
-      row[s] = to_f32<T>(v);
+  constexpr int kAhead = 8;
+  constexpr bool kInt = std::is_integral<T>::value;
+  Sum128 acc{0, 0};
+  float sum = 0.0f;
+  for (int64_t s0 = 0; s0 < t.S; s0 += kAhead) {
+    T v[kAhead];
+    for (int i = 0; i < kAhead; ++i) v[i] = s0 + i < t.S ? t.raw(s0 + i, l, e) : T{};
+    for (int i = 0; i < kAhead; ++i) {
+      if (s0 + i >= t.S) break;
+      const float f = to_f32<T>(v[i]);
+      row[s0 + i] = f;
+      if constexpr (kInt) {
+        acc.add((uint64_t)v[i]);
+      } else {
+        sum = sum + f;
+      }
     }
-    return a.to_f32();
-  } else {
-    float a = 0.0f;
-    for (int64_t s = 0; s < t.S; ++s) {
-      const float v = t.at(s, l, e);
-      row[s] = v;
-      a = a + v;
-    }
-    return a;
   }
+  return kInt ? acc.to_f32() : sum;
 }
 
 // Phase 1, per layer: loads, sums, and the group renumbering (one lane: a
