@@ -4,7 +4,7 @@
 // (vec.h); both give the same bits.
 //
 // Per step the chunk keeps only its top score, that expert, the second
-// score (and an expert holding it) and the picked-expert value `valt`.
+// score (and an expert holding it) and the top expert's own value (valt).
 // A pick lowers one expert's scores; at a step where that expert was neither
 // top nor holder of the second score, the top, the second score and valt
 // are unchanged, so only the other steps are rescanned.
@@ -112,6 +112,7 @@ EPLB_HD void vec_team_prepare(const Team& team, const Loads<T>& t, int64_t l, Ve
   });
   team.sync();
   team.single([&] {
+    // The CPU core's renumbering, which uses only these fields.
     VecScratch v{};
     v.expert_sum = s.expert_sum;
     v.group_w = s.group_w;
@@ -154,7 +155,10 @@ EPLB_HD void vec_step_tops(const VecLayer& ly, const VecTeamChunk& c, int64_t S,
 // The pick: every chunk expert's values summed s = 0, 1, ... in float32 on
 // one lane each (SPEC's order); the smallest total, first index on ties, by
 // unique keys. An expert that leads no step sums the step maxima, the CPU's
-// `common`, so the minimum over all experts is the CPU's pick.
+// `common`, so the minimum over all experts is the CPU's pick. Values are
+// scores and reliefs of loads >= 0, so each total is >= 0 or +inf, which
+// nonneg_bits orders (loads the ops reject only make the order meaningless;
+// the index stays in range).
 template <typename Team>
 EPLB_HD int32_t vec_team_pick(const Team& team, const VecTeamChunk& c, int64_t S, int32_t en) {
   const uint64_t key = team.min_key(en, [&](int32_t j) {
