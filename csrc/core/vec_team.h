@@ -124,32 +124,82 @@ EPLB_HD void vec_team_prepare(const Team& team, const Loads<T>& t, int64_t l, Ve
   });
 }
 
-// Step st's top, second score and valt over the chunk's experts, scanned in
-// index order with strict comparisons: the first expert wins equal scores,
-// as in the CPU's trees. score = (t + e * 1e-4) / count, relief =
-// t / (count + 1), each operation rounded to float32.
-EPLB_HD void vec_step_tops(const VecLayer& ly, const VecTeamChunk& c, int64_t S, int32_t e0,
-                           int32_t en, int64_t st) {
-  auto score = [&](int32_t j) {
-    const float num = ly.tt[(int64_t)c.orig[j] * S + st] + (float)(e0 + j) * 0.0001f;
-    return div_f32(num, (float)c.cnt[j]);
-  };
-  float v1 = score(0), v2 = neg_inf();
-  int32_t i1 = 0, i2 = 0;
-  for (int32_t j = 1; j < en; ++j) {
-    const float x = score(j);
-    if (x > v1) {
-      v2 = v1, i2 = i1, v1 = x, i1 = j;
-    } else if (x > v2) {
-      v2 = x, i2 = j;
-    }
-  }
+// score = (t + e * 1e-4) / count and relief = t / (count + 1), each
+// operation rounded to float32, for chunk expert j at step st.
+EPLB_HD float vec_score(const VecLayer& ly, const VecTeamChunk& c, int64_t S, int32_t e0,
+                        int32_t j, int64_t st) {
+  const float num = ly.tt[(int64_t)c.orig[j] * S + st] + (float)(e0 + j) * 0.0001f;
+  return div_f32(num, (float)c.cnt[j]);
+}
+
+EPLB_HD void vec_store_tops(const VecLayer& ly, const VecTeamChunk& c, int64_t S, int64_t st,
+                            float v1, int32_t i1, float v2, int32_t i2) {
   const float relief = div_f32(ly.tt[(int64_t)c.orig[i1] * S + st], (float)(c.cnt[i1] + 1));
   c.v1[st] = v1;
   c.i1[st] = i1;
   c.v2[st] = v2;
   c.i2[st] = i2;
   c.valt[st] = relief > v2 ? relief : v2;
+}
+
+// Step st's tops on one lane, experts scanned in index order with strict
+// comparisons: the first expert wins equal scores, as in the CPU's trees.
+EPLB_HD void vec_step_tops(const VecLayer& ly, const VecTeamChunk& c, int64_t S, int32_t e0,
+                           int32_t en, int64_t st) {
+  float v1 = vec_score(ly, c, S, e0, 0, st), v2 = neg_inf();
+  int32_t i1 = 0, i2 = 0;
+  for (int32_t j = 1; j < en; ++j) {
+    const float x = vec_score(ly, c, S, e0, j, st);
+    if (x > v1) {
+      v2 = v1, i2 = i1, v1 = x, i1 = j;
+    } else if (x > v2) {
+      v2 = x, i2 = j;
+    }
+  }
+  vec_store_tops(ly, c, S, st, v1, i1, v2, i2);
+}
+
+// The same tops by two reductions over the experts (for few steps, where a
+// lane per step would leave most lanes idle): keys pack (score, ~index), so
+// the largest is the first top, whatever the reduction order; the second is
+// the largest key among the other experts. Scores of loads >= 0 are >= +0,
+// which nonneg_bits orders; key 0 is no expert's.
+template <typename Team>
+EPLB_HD void vec_step_tops_team(const Team& team, const VecLayer& ly, const VecTeamChunk& c,
+                                int64_t S, int32_t e0, int32_t en, int64_t st) {
+  auto key = [&](int32_t j) {
+    return ((uint64_t)nonneg_bits(vec_score(ly, c, S, e0, j, st)) << 32) | (uint32_t)~(uint32_t)j;
+  };
+  const int32_t i1 = (int32_t)~(uint32_t)team.max_key(en, key);
+  const uint64_t k2 = team.max_key(en, [&](int32_t j) { return j == i1 ? 0 : key(j); });
+  team.single([&] {
+    const int32_t i2 = en > 1 ? (int32_t)~(uint32_t)k2 : 0;
+    const float v2 = en > 1 ? vec_score(ly, c, S, e0, i2, st) : neg_inf();
+    vec_store_tops(ly, c, S, st, vec_score(ly, c, S, e0, i1, st), i1, v2, i2);
+  });
+}
+
+// Recomputes the tops of every step (picked < 0), or after expert `picked`
+// got a replica, of the steps where it was top or held the second score.
+// Both ways give the same values; the reductions run for few steps per
+// expert, where the scans of a lane per step would take longer.
+template <typename Team>
+EPLB_HD void vec_team_tops(const Team& team, const VecLayer& ly, const VecTeamChunk& c,
+                           int64_t S, int32_t e0, int32_t en, int32_t picked) {
+  auto dirty = [&](int64_t st) { return picked < 0 || c.i1[st] == picked || c.i2[st] == picked; };
+  if (S * 64 <= en) {
+    // dirty(st) reads state written before the last barrier: every lane
+    // takes the same branch, as the reductions' barriers need.
+    for (int64_t st = 0; st < S; ++st) {
+      if (dirty(st)) vec_step_tops_team(team, ly, c, S, e0, en, st);
+    }
+  } else {
+    // S <= 2^31 - 1 (checked by the ops): steps fit the team's int32 indices.
+    team.for_each((int32_t)S, [&](int32_t st) {
+      if (dirty(st)) vec_step_tops(ly, c, S, e0, en, st);
+    });
+    team.sync();
+  }
 }
 
 // The pick: every chunk expert's values summed s = 0, 1, ... in float32 on
@@ -228,9 +278,7 @@ EPLB_HD void vec_team_chunk(const Team& team, VecDims d, const VecLayer& ly, Vec
     s.prank[x] = 0;
   });
   team.sync();
-  // S <= 2^31 - 1 (checked by the ops): steps fit the team's int32 indices.
-  if (rn > 0) team.for_each((int32_t)S, [&](int32_t st) { vec_step_tops(ly, s, S, e0, en, st); });
-  team.sync();
+  if (rn > 0) vec_team_tops(team, ly, s, S, e0, en, -1);
   for (int32_t i = 0; i < rn; ++i) {
     const int32_t j = vec_team_pick(team, s, S, en);
     team.single([&] {
@@ -239,10 +287,7 @@ EPLB_HD void vec_team_chunk(const Team& team, VecDims d, const VecLayer& ly, Vec
       s.cnt[j] += 1;
     });
     if (i + 1 == rn) break;
-    team.for_each((int32_t)S, [&](int32_t st) {
-      if (s.i1[st] == j || s.i2[st] == j) vec_step_tops(ly, s, S, e0, en, st);
-    });
-    team.sync();
+    vec_team_tops(team, ly, s, S, e0, en, j);
   }
   vec_team_deal(team, d, ly, s, c, phy2log, log2phy, logcnt);
 }
