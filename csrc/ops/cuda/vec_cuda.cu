@@ -11,13 +11,11 @@
 //    scratch (the same code through generic pointers).
 // Load values are not checked here (the Python layer does it); the kernels
 // stay in bounds for any values.
-#include <torch/csrc/inductor/aoti_torch/c/shim.h>
 #include <torch/csrc/stable/accelerator.h>
 #include <torch/csrc/stable/library.h>
 
 #include "../../core/vec_team.h"
-#include "../tensor_utils.h"
-#include "cuda_check.cuh"
+#include "launch.cuh"
 #include "team.cuh"
 
 namespace eplb {
@@ -28,14 +26,6 @@ using torch::stable::Tensor;
 // Steps are spread over the threads, and so are experts in the picks (one
 // each up to 256: DeepSeek-V3's chunk).
 constexpr int kVecThreads = 256;
-
-cudaStream_t vec_stream(const Tensor& t) {
-  void* stream = nullptr;
-  if (aoti_torch_get_current_cuda_stream(t.get_device_index(), &stream) != AOTI_TORCH_SUCCESS) {
-    fail("RuntimeError", "could not get the current CUDA stream");
-  }
-  return static_cast<cudaStream_t>(stream);
-}
 
 int64_t round256(int64_t bytes) { return (bytes + 255) / 256 * 256; }
 
@@ -49,10 +39,11 @@ __global__ void __launch_bounds__(kVecThreads)
   vec_team_prepare(team, t, (int64_t)blockIdx.x, d, ly);
 }
 
-// chunks == nullptr: the chunk state is in dynamic shared memory.
+// Block b = l * N + c: chunk c of layer l; its state is at global + b *
+// stride, or in dynamic shared memory when global == nullptr (launch.cuh).
 __global__ void __launch_bounds__(kVecThreads)
-    vec_chunk_kernel(VecDims d, const char* layers, int64_t layer_stride, char* chunks,
-                     int64_t chunk_stride, int32_t* phy2log, int32_t* log2phy, int32_t* logcnt) {
+    vec_chunk_kernel(char* global, int64_t stride, VecDims d, const char* layers,
+                     int64_t layer_stride, int32_t* phy2log, int32_t* log2phy, int32_t* logcnt) {
   extern __shared__ uint64_t vec_smem[];
   __shared__ uint64_t red[33];
   const BlockTeam team{red};
@@ -62,17 +53,8 @@ __global__ void __launch_bounds__(kVecThreads)
   VecLayer ly;
   vec_layer_scratch(d, const_cast<char*>(layers) + l * layer_stride, &ly);
   VecTeamChunk ch;
-  vec_chunk_scratch(d, chunks ? chunks + (int64_t)blockIdx.x * chunk_stride : (char*)vec_smem, &ch);
+  vec_chunk_scratch(d, global ? global + (int64_t)blockIdx.x * stride : (char*)vec_smem, &ch);
   vec_team_chunk(team, d, ly, ch, c, phy2log + l * d.P, log2phy + l * d.E * X, logcnt + l * d.E);
-}
-
-// The dynamic shared memory one block of vec_chunk_kernel may take.
-int64_t vec_shared_limit(int device) {
-  int optin = 0;
-  EPLB_CUDA_CHECK(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
-  cudaFuncAttributes attr;
-  EPLB_CUDA_CHECK(cudaFuncGetAttributes(&attr, vec_chunk_kernel));
-  return (int64_t)optin - (int64_t)attr.sharedSizeBytes;
 }
 
 std::tuple<Tensor, Tensor, Tensor> deepseek_vec_cuda(Tensor tokens, int64_t P, int64_t k,
@@ -89,31 +71,22 @@ std::tuple<Tensor, Tensor, Tensor> deepseek_vec_cuda(Tensor tokens, int64_t P, i
                    " layers; at most 2**31 - 1 layers x nodes are supported on CUDA");
   const VecDims d{a.S, (int32_t)a.E, (int32_t)a.P, (int32_t)a.k, (int32_t)a.C, (int32_t)a.N};
   const int64_t layer_bytes = round256(vec_layer_scratch(d, nullptr, nullptr));
-  const int64_t chunk_bytes = round256(vec_chunk_scratch(d, nullptr, nullptr));
-  const bool shared = chunk_bytes <= vec_shared_limit(tokens.get_device_index());
-  const int64_t chunks_total = shared ? 0 : checked_mul_add(a.L * a.N, chunk_bytes);
-  const int64_t total = checked_mul_add(a.L, layer_bytes, chunks_total);
-  EPLB_CHECK_MEMORY(chunks_total >= 0 && total >= 0, "could not allocate the GPU scratch of ",
-                    a.L, " layers with ", a.S, " steps: more than 2**63 bytes");
-  Tensor buf = new_index(tokens, {total}, ScalarType::Byte);
-  char* layers = ptr<char>(buf);
-  char* chunks = shared ? nullptr : layers + a.L * layer_bytes;
-  const cudaStream_t stream = vec_stream(tokens);
+  const int64_t total = checked_mul_add(a.L, layer_bytes);
+  EPLB_CHECK_MEMORY(total >= 0, "could not allocate ", a.L, " x ", layer_bytes,
+                    " bytes of GPU scratch: more than 2**63 bytes");
+  // Read by the second launch: the caching allocator reuses it only in
+  // stream order, after both.
+  Tensor layers = new_index(tokens, {total}, ScalarType::Byte);
   dispatch_loads(tokens, "tokens_per_expert", [&](auto tag) {
     using T = decltype(tag);
-    vec_prepare_kernel<T><<<(unsigned)a.L, kVecThreads, 0, stream>>>(make_loads<T>(tokens), d,
-                                                                        layers, layer_bytes);
+    vec_prepare_kernel<T><<<(unsigned)a.L, kVecThreads, 0, cuda_stream(tokens)>>>(
+        make_loads<T>(tokens), d, ptr<char>(layers), layer_bytes);
     EPLB_CUDA_CHECK_LAUNCH();
   });
-  const size_t dyn = shared ? (size_t)chunk_bytes : 0;
-  if (dyn > 48 * 1024) {
-    EPLB_CUDA_CHECK(cudaFuncSetAttribute(vec_chunk_kernel,
-                                         cudaFuncAttributeMaxDynamicSharedMemorySize, (int)dyn));
-  }
-  vec_chunk_kernel<<<(unsigned)(a.L * a.N), kVecThreads, dyn, stream>>>(
-      d, layers, layer_bytes, chunks, chunk_bytes, ptr<int32_t>(phy2log), ptr<int32_t>(log2phy),
-      ptr<int32_t>(logcnt));
-  EPLB_CUDA_CHECK_LAUNCH();
+  launch_with_state(vec_chunk_kernel, tokens, (unsigned)(a.L * a.N), kVecThreads,
+                    vec_chunk_scratch(d, nullptr, nullptr), d, (const char*)ptr<char>(layers),
+                    layer_bytes, ptr<int32_t>(phy2log), ptr<int32_t>(log2phy),
+                    ptr<int32_t>(logcnt));
   return {phy2log, log2phy, logcnt};
 }
 
