@@ -48,4 +48,9 @@ STABLE_TORCH_LIBRARY(eplb_ext, m) {
       "Tensor physical_rank, Tensor previous, Tensor active, int num_local_physical_experts, "
       "int num_groups, int num_nodes, int max_moves, float min_improvement, int width) "
       "-> (Tensor, Tensor, Tensor, Tensor)");
+  // The CUDA kernels' step-aware code run on the host with `width` emulated
+  // lanes (1 or 32): the same outputs as deepseek_vec, for the tests.
+  m.def(
+      "_lanes_vec(Tensor tokens, SymInt P, int k, int C, int N, int width) "
+      "-> (Tensor, Tensor, Tensor)");
 }
