@@ -134,6 +134,9 @@ stage build 270 170 "$py" setup.py build_ext --inplace
 # cannot be imported (say hypothesis is missing) counts as an error without
 # stopping the others.
 pytest_args=(-q -rs -o addopts= -o timeout=150 -p no:cacheprovider --continue-on-collection-errors)
+# With pytest-xdist, tests run in worker processes: a test that crashes its
+# process is reported as failed and the others still run.
+if timeout 30 "$py" -c "import xdist" 2>/dev/null; then pytest_args+=(-n 8); fi
 shopt -s nullglob
 lanes=(tests/test_lanes_*.py)
 shopt -u nullglob
