@@ -233,6 +233,38 @@ def measure(algo: str, S: int, repeats: int, warmup: int, gen: torch.Generator) 
     return row
 
 
+def measure_migration(repeats: int, warmup: int, gen: torch.Generator) -> Dict:
+    """``deepseek`` against a previous placement on drifted loads (S = 1),
+    relabeling and incremental search with M = 29 (10% of P): the Python call
+    at fixed width on the GPU and on the CPU, and whether they agree. No
+    target; recorded for comparison with the fresh call."""
+    s = SHAPE
+    L, E, P, k = s["L"], s["E"], s["P"], s["k"]
+    old = torch.poisson((torch.rand(L, E, generator=gen) ** 4 * 200).unsqueeze(0), generator=gen).to(torch.int64)
+    drift = torch.exp(0.05 * torch.randn(L, E, generator=gen))
+    new = torch.poisson((old[0].double() * drift).unsqueeze(0), generator=gen).to(torch.int64)
+    prev = eplb_ext.rebalance_experts(old, P, k, 1, 1, "deepseek")[0]
+    newg, prevg = new.cuda(), prev.cuda()
+    row: Dict = dict(variant="deepseek, previous map, max_moves=29", S=1, errors=[])
+
+    def call(tokens, previous, **kw):
+        return eplb_ext.rebalance_experts(tokens, P, k, 1, 1, "deepseek", fixed_width=True,
+                                          previous_physical_to_logical_map=previous, **kw)
+
+    reference = call(new, prev, max_moves=29)
+
+    def identical():
+        return all(torch.equal(a.cpu(), b) for a, b in zip(call(newg, prevg, max_moves=29), reference))
+
+    row["identical_to_cpu"] = attempt(row, "identical", identical)
+    row["gpu_us"] = attempt(row, "gpu", lambda: wall_us(lambda: call(newg, prevg, max_moves=29, check_values=False),
+                                                        repeats, warmup))
+    row["gpu_relabel_us"] = attempt(row, "gpu relabel", lambda: wall_us(
+        lambda: call(newg, prevg, check_values=False), repeats, warmup))
+    row["cpu_us"] = attempt(row, "cpu", lambda: wall_us(lambda: call(new, prev, max_moves=29), max(3, repeats // 4), 1))
+    return row
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--json", help="write the results here")
@@ -259,10 +291,14 @@ def main(argv=None) -> int:
         row = measure(algo, S, n, min(warmup, n), gen)
         rows.append(row)
         print(f"{algo} S={S}: graph {_us(row['graph_us'])} us, python {_us(row['python_us'])} us", flush=True)
+    migration = measure_migration(max(3, repeats // 5), min(warmup, 3), gen)
+    print(f"migration (deepseek, M=29): gpu {_us(migration.get('gpu_us'))} us, relabel only "
+          f"{_us(migration.get('gpu_relabel_us'))} us, cpu {_us(migration.get('cpu_us'))} us, "
+          f"identical {migration.get('identical_to_cpu')}", flush=True)
     checks = targets(rows)
     print()
     print(format_table(rows, checks))
-    run.info.update(targets=checks, targets_met=all_met(checks),
+    run.info.update(migration=migration, targets=checks, targets_met=all_met(checks),
                     scratch_bound="4*S*L*E + 64*L*P bytes (one float32 copy of the loads plus O(L*P))")
     run.finish(rows, args.json)
     return 0

@@ -135,6 +135,17 @@ def test_bench_measure_logic_with_cuda_stubbed(monkeypatch):
         assert row["scratch_bytes"] == (1 << 20) - row["output_bytes"] and row["output_bytes"] > 0
 
 
+def test_bench_migration_logic_with_cuda_stubbed(monkeypatch):
+    """The migration timing runs its sequence with tensors left on the CPU:
+    both calls agree and every time is measured."""
+    monkeypatch.setattr(torch.Tensor, "cuda", lambda self, *a, **k: self)
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda *a: None)
+    row = bench_gpu.measure_migration(2, 1, torch.Generator().manual_seed(0))
+    assert row["errors"] == [], row["errors"]
+    assert row["identical_to_cpu"] is True
+    assert row["gpu_us"] > 0 and row["gpu_relabel_us"] > 0 and row["cpu_us"] > 0
+
+
 def _junit(path: Path, tests: int, failures: int = 0, errors: int = 0, skipped: int = 0) -> None:
     path.write_text(f'<?xml version="1.0"?><testsuites><testsuite name="pytest" tests="{tests}" '
                     f'failures="{failures}" errors="{errors}" skipped="{skipped}"/></testsuites>')
