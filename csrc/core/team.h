@@ -54,9 +54,11 @@ struct LaneTeam {
   }
   // Folds [0, n) into per-lane accumulators that start at init (visit(i,
   // acc) adds item i; each lane visits its items in ascending order), then
-  // merges them in the butterfly order. merge must pick by a total order
-  // (ties broken by an index the accumulator carries), so the result does
-  // not depend on which lane held what.
+  // merges them in the butterfly order of __shfl_xor_sync: after the round
+  // with offset o, every lane holds the result of its group of 2 o lanes.
+  // merge must pick by a total order (ties broken by an index the
+  // accumulator carries), so the result does not depend on which lane held
+  // what.
   template <typename T, typename Visit, typename Merge>
   T fold(int32_t n, const T& init, const Visit& visit, const Merge& merge) const {
     T part[W];
@@ -73,37 +75,21 @@ struct LaneTeam {
   }
   template <typename F>
   uint64_t max_key(int32_t n, const F& key) const {
-    return reduce(n, key, true);
+    return extreme(n, key, true);
   }
   template <typename F>
   uint64_t min_key(int32_t n, const F& key) const {
-    return reduce(n, key, false);
+    return extreme(n, key, false);
   }
 
  private:
+  // Keys are unique, so the extreme names one element whatever the order.
   template <typename F>
-  static uint64_t reduce(int32_t n, const F& key, bool largest) {
-    const uint64_t none = largest ? 0 : ~(uint64_t)0;
-    uint64_t part[W];
-    for (int32_t lane = 0; lane < W; ++lane) {
-      uint64_t v = none;
-      for (int32_t i = lane; i < n; i += W) {
-        const uint64_t x = key(i);
-        v = (largest ? x > v : x < v) ? x : v;
-      }
-      part[lane] = v;
-    }
-    // Butterfly: after the round with offset o, every lane holds the result
-    // of its group of 2 o lanes, as __shfl_xor_sync leaves it on a warp.
-    for (int32_t o = 1; o < W; o *= 2) {
-      uint64_t next[W];
-      for (int32_t lane = 0; lane < W; ++lane) {
-        const uint64_t a = part[lane], b = part[lane ^ o];
-        next[lane] = (largest ? b > a : b < a) ? b : a;
-      }
-      for (int32_t lane = 0; lane < W; ++lane) part[lane] = next[lane];
-    }
-    return part[0];
+  uint64_t extreme(int32_t n, const F& key, bool largest) const {
+    auto pick = [largest](uint64_t a, uint64_t b) { return (largest ? b > a : b < a) ? b : a; };
+    return fold(
+        n, largest ? uint64_t{0} : ~uint64_t{0},
+        [&](int32_t i, uint64_t& acc) { acc = pick(acc, key(i)); }, pick);
   }
 };
 

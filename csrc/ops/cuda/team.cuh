@@ -9,48 +9,51 @@
 
 namespace eplb {
 
-__device__ __forceinline__ uint64_t shfl_xor_u64(uint64_t v, int o) {
-  const uint32_t lo = __shfl_xor_sync(0xffffffffu, (uint32_t)v, o);
-  const uint32_t hi = __shfl_xor_sync(0xffffffffu, (uint32_t)(v >> 32), o);
-  return ((uint64_t)hi << 32) | lo;
-}
-
-template <bool kLargest>
-__device__ __forceinline__ uint64_t warp_reduce(uint64_t v) {
-  for (int o = 1; o < 32; o *= 2) {
-    const uint64_t b = shfl_xor_u64(v, o);
-    v = (kLargest ? b > v : b < v) ? b : v;
-  }
-  return v;
-}
-
-// A trivially copyable value exchanged between lanes, a 32-bit word at a
-// time.
-template <typename T>
-__device__ __forceinline__ T shfl_xor_obj(const T& v, int o) {
+// A trivially copyable value exchanged between the lanes of a warp, a
+// 32-bit word at a time; shuffle(word) is one __shfl*_sync of the full warp.
+template <typename T, typename Shuffle>
+__device__ __forceinline__ T shuffle_words(const T& v, const Shuffle& shuffle) {
   static_assert(sizeof(T) % 4 == 0, "shuffled values are whole 32-bit words");
   uint32_t w[sizeof(T) / 4];
   memcpy(w, &v, sizeof(T));
-  for (int j = 0; j < (int)(sizeof(T) / 4); ++j) w[j] = __shfl_xor_sync(0xffffffffu, w[j], o);
+  for (int j = 0; j < (int)(sizeof(T) / 4); ++j) w[j] = shuffle(w[j]);
   T r;
   memcpy(&r, w, sizeof(T));
   return r;
+}
+
+template <typename T>
+__device__ __forceinline__ T shfl_xor_obj(const T& v, int o) {
+  return shuffle_words(v, [o](uint32_t w) { return __shfl_xor_sync(0xffffffffu, w, o); });
 }
 
 template <typename T>
 __device__ __forceinline__ T shfl_from(const T& v, int src) {
-  static_assert(sizeof(T) % 4 == 0, "shuffled values are whole 32-bit words");
-  uint32_t w[sizeof(T) / 4];
-  memcpy(w, &v, sizeof(T));
-  for (int j = 0; j < (int)(sizeof(T) / 4); ++j) w[j] = __shfl_sync(0xffffffffu, w[j], src);
-  T r;
-  memcpy(&r, w, sizeof(T));
-  return r;
+  return shuffle_words(v, [src](uint32_t w) { return __shfl_sync(0xffffffffu, w, src); });
 }
 
 template <typename T, typename Merge>
 __device__ __forceinline__ T warp_merge(T v, const Merge& merge) {
   for (int o = 1; o < 32; o *= 2) v = merge(v, shfl_xor_obj(v, o));
+  return v;
+}
+
+template <bool kLargest>
+__device__ __forceinline__ uint64_t pick_key(uint64_t a, uint64_t b) {
+  return (kLargest ? b > a : b < a) ? b : a;
+}
+
+template <bool kLargest>
+__device__ __forceinline__ uint64_t warp_reduce(uint64_t v) {
+  return warp_merge(v, [](uint64_t a, uint64_t b) { return pick_key<kLargest>(a, b); });
+}
+
+// This lane's extreme key over i = first, first + step, ... < n.
+template <bool kLargest, typename F>
+__device__ __forceinline__ uint64_t lane_extreme(int32_t first, int32_t step, int32_t n,
+                                                 const F& key) {
+  uint64_t v = kLargest ? 0 : ~(uint64_t)0;
+  for (int32_t i = first; i < n; i += step) v = pick_key<kLargest>(v, key(i));
   return v;
 }
 
@@ -84,21 +87,11 @@ struct WarpTeam {
   }
   template <typename F>
   __device__ uint64_t max_key(int32_t n, const F& key) const {
-    uint64_t v = 0;
-    for (int32_t i = lane(); i < n; i += 32) {
-      const uint64_t x = key(i);
-      v = x > v ? x : v;
-    }
-    return warp_reduce<true>(v);
+    return warp_reduce<true>(lane_extreme<true>(lane(), 32, n, key));
   }
   template <typename F>
   __device__ uint64_t min_key(int32_t n, const F& key) const {
-    uint64_t v = ~(uint64_t)0;
-    for (int32_t i = lane(); i < n; i += 32) {
-      const uint64_t x = key(i);
-      v = x < v ? x : v;
-    }
-    return warp_reduce<false>(v);
+    return warp_reduce<false>(lane_extreme<false>(lane(), 32, n, key));
   }
 };
 
@@ -162,20 +155,12 @@ struct BlockTeam {
   }
   template <typename F>
   __device__ uint64_t max_key(int32_t n, const F& key) const {
-    uint64_t v = 0;
-    for (int32_t i = threadIdx.x; i < n; i += blockDim.x) {
-      const uint64_t x = key(i);
-      v = x > v ? x : v;
-    }
+    const uint64_t v = lane_extreme<true>(threadIdx.x, blockDim.x, n, key);
     return across_warps<true>(warp_reduce<true>(v));
   }
   template <typename F>
   __device__ uint64_t min_key(int32_t n, const F& key) const {
-    uint64_t v = ~(uint64_t)0;
-    for (int32_t i = threadIdx.x; i < n; i += blockDim.x) {
-      const uint64_t x = key(i);
-      v = x < v ? x : v;
-    }
+    const uint64_t v = lane_extreme<false>(threadIdx.x, blockDim.x, n, key);
     return across_warps<false>(warp_reduce<false>(v));
   }
 
