@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <tuple>
 
 #include "../core/relabel.h"
 #include "tensor_utils.h"
@@ -54,6 +55,20 @@ inline MigrateDims check_migrate_args(const Tensor& tokens, const Tensor& phy2lo
   if (out) *out = a;
   return MigrateDims{(int32_t)a.E, (int32_t)a.P, (int32_t)a.k, (int32_t)a.G, (int32_t)a.C,
                      (int32_t)a.N, (int32_t)std::min<int64_t>(max_moves, a.P), min_improvement};
+}
+
+// The op's outputs, int64: physical_to_logical_map [L, P], physical_rank
+// [L, P], logical_count [L, E] and info [L, 3].
+struct MigrateOutputs {
+  Tensor p2l, rank, cnt, info;
+  std::tuple<Tensor, Tensor, Tensor, Tensor> tuple() const { return {p2l, rank, cnt, info}; }
+};
+
+inline MigrateOutputs new_migrate_outputs(const Tensor& tokens, const Placement& a) {
+  return MigrateOutputs{new_index(tokens, {a.L, a.P}, ScalarType::Long),
+                        new_index(tokens, {a.L, a.P}, ScalarType::Long),
+                        new_index(tokens, {a.L, a.E}, ScalarType::Long),
+                        new_index(tokens, {a.L, 3}, ScalarType::Long)};
 }
 
 }  // namespace eplb

@@ -146,24 +146,6 @@ inline Placement check_placement_args(const Tensor& tokens, int64_t P, int64_t k
                          tokens.size(steps ? 2 : 1), P, k, C, N);
 }
 
-// The step-aware variants keep every step's loads and per-step state in
-// scratch. The CPU core (vec.h) keeps a tree per step: about
-// S * (4 E + 24 next_pow2(E / N)) bytes per layer; the team code of the
-// CUDA kernels (vec_team.h, `team`) keeps 20 bytes per step and chunk: about
-// S * (4 E + 24 N). Checked before anything is read, so an absurd S fails at
-// once instead of after a scan.
-inline void check_vec_scratch(const Placement& a, bool team = false) {
-  int64_t n2 = 1;
-  while (n2 < a.E / a.N) n2 *= 2;
-  const int64_t per_step = team ? checked_mul_add(4, a.E, checked_mul_add(24, a.N))
-                                : checked_mul_add(4, a.E, checked_mul_add(24, n2, 64));
-  const int64_t bytes = checked_mul_add(a.S, per_step, checked_mul_add(64, a.E + a.P, 4096));
-  EPLB_CHECK_MEMORY(per_step >= 0 && bytes >= 0 && bytes <= (int64_t{1} << 50),
-                    "the step-aware variants need about ", a.S, " x ", per_step,
-                    " bytes of scratch per layer for tokens_per_expert with ", a.S,
-                    " steps and ", a.E, " experts, more than can be allocated");
-}
-
 // physical_to_logical_map and physical_rank: int64 [L, P], contiguous.
 inline Placement check_log2phy_args(const Tensor& phy2log, const Tensor& rank, int64_t E,
                                     int64_t width) {

@@ -12,6 +12,7 @@
 #include "../../core/rows.h"
 #include "../../core/vec.h"
 #include "../tensor_utils.h"
+#include "../vec_args.h"
 #include "parallel.h"
 
 namespace eplb {
@@ -179,14 +180,12 @@ std::tuple<Tensor, Tensor, Tensor> deepseek_vec_cpu(Tensor tokens, int64_t P, in
   const Placement a = check_placement_args(tokens, P, k, C, N);
   check_device(tokens, "tokens_per_expert", false);
   check_vec_scratch(a);
-  Tensor phy2log = new_index(tokens, {a.L, a.P}, ScalarType::Int);
-  Tensor log2phy = new_index(tokens, {a.L, a.E, a.X}, ScalarType::Int);
-  Tensor logcnt = new_index(tokens, {a.L, a.E}, ScalarType::Int);
+  const VecOutputs out = new_vec_outputs(tokens, a);
   dispatch_loads(tokens, "tokens_per_expert", [&](auto tag) {
     using T = decltype(tag);
     const Loads<T> t = make_loads<T>(tokens);
     BadLoads bad(a.L);
-    const VecDims d{a.S, (int32_t)a.E, (int32_t)a.P, (int32_t)a.k, (int32_t)a.C, (int32_t)a.N};
+    const VecDims d = vec_dims(a);
     const int64_t bytes = vec_scratch(d, nullptr, nullptr);
     reserve_host_scratch(bytes);
     const int64_t work = saturating_mul(a.S + 1, 3 * a.E + (a.P - a.E) * 64);
@@ -194,9 +193,9 @@ std::tuple<Tensor, Tensor, Tensor> deepseek_vec_cpu(Tensor tokens, int64_t P, in
     const int64_t input_f32 = saturating_mul(saturating_mul(a.S, a.L), 4 * a.E);
     const int64_t max_tasks = std::max<int64_t>(1, input_f32 / std::max<int64_t>(1, bytes));
     const int64_t grain = std::max(grain_for(work), (a.L + max_tasks - 1) / max_tasks);
-    int32_t* const p2l_all = ptr<int32_t>(phy2log);
-    int32_t* const l2p_all = ptr<int32_t>(log2phy);
-    int32_t* const cnt_all = ptr<int32_t>(logcnt);
+    int32_t* const p2l_all = ptr<int32_t>(out.phy2log);
+    int32_t* const l2p_all = ptr<int32_t>(out.log2phy);
+    int32_t* const cnt_all = ptr<int32_t>(out.logcnt);
     for_each_layer(a.L, grain, bytes, [&](int64_t l, void* buf) {
       int32_t* l2p = l2p_all + l * a.E * a.X;
       std::fill(l2p, l2p + a.E * a.X, int32_t{-1});
@@ -206,7 +205,7 @@ std::tuple<Tensor, Tensor, Tensor> deepseek_vec_cpu(Tensor tokens, int64_t P, in
     });
     bad.report(t, "tokens_per_expert", tokens.dim() == 3);
   });
-  return {phy2log, log2phy, logcnt};
+  return out.tuple();
 }
 
 }  // namespace

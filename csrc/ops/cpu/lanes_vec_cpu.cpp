@@ -9,6 +9,7 @@
 
 #include "../../core/vec_team.h"
 #include "../tensor_utils.h"
+#include "../vec_args.h"
 
 namespace eplb {
 namespace {
@@ -44,20 +45,18 @@ std::tuple<Tensor, Tensor, Tensor> lanes_vec_cpu(Tensor tokens, int64_t P, int64
   check_device(tokens, "tokens_per_expert", false);
   check_vec_scratch(a, true);
   EPLB_CHECK_VALUE(width == 1 || width == 32, "width=", width, " must be 1 or 32");
-  Tensor phy2log = new_index(tokens, {a.L, a.P}, ScalarType::Int);
-  Tensor log2phy = new_index(tokens, {a.L, a.E, a.X}, ScalarType::Int);
-  Tensor logcnt = new_index(tokens, {a.L, a.E}, ScalarType::Int);
+  const VecOutputs out = new_vec_outputs(tokens, a);
   dispatch_loads(tokens, "tokens_per_expert", [&](auto tag) {
     using T = decltype(tag);
     const Loads<T> t = make_loads<T>(tokens);
-    const VecDims d{a.S, (int32_t)a.E, (int32_t)a.P, (int32_t)a.k, (int32_t)a.C, (int32_t)a.N};
+    const VecDims d = vec_dims(a);
     std::vector<int64_t> first_bad(static_cast<size_t>(a.L), -1);
     auto run = width == 1 ? &lanes_vec_layers<1, T> : &lanes_vec_layers<32, T>;
-    run(t, d, ptr<int32_t>(phy2log), ptr<int32_t>(log2phy), ptr<int32_t>(logcnt),
+    run(t, d, ptr<int32_t>(out.phy2log), ptr<int32_t>(out.log2phy), ptr<int32_t>(out.logcnt),
         first_bad.data());
     report_bad_load(t, first_bad.data(), "tokens_per_expert", tokens.dim() == 3);
   });
-  return {phy2log, log2phy, logcnt};
+  return out.tuple();
 }
 
 }  // namespace

@@ -47,10 +47,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> migrate_team(Tensor tokens, Tensor ph
   for (int64_t g = 0; act && g < a.G; ++g) {
     EPLB_CHECK_VALUE(act[g] <= 1, "active[", g, "] = ", (int)act[g], " must be 0 or 1");
   }
-  Tensor out_p2l = new_index(tokens, {a.L, a.P}, ScalarType::Long);
-  Tensor out_rank = new_index(tokens, {a.L, a.P}, ScalarType::Long);
-  Tensor out_cnt = new_index(tokens, {a.L, a.E}, ScalarType::Long);
-  Tensor info = new_index(tokens, {a.L, 3}, ScalarType::Long);
+  const MigrateOutputs out = new_migrate_outputs(tokens, a);
   dispatch_loads(tokens, "tokens_per_expert", [&](auto tag) {
     using T = decltype(tag);
     const Loads<T> t = make_loads<T>(tokens);
@@ -69,13 +66,13 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> migrate_team(Tensor tokens, Tensor ph
       load_layer(t, l, w, acc, nullptr);
       const int64_t lp = l * a.P;
       MigrateIO io{w, ptr<int64_t>(phy2log) + lp, ptr<int64_t>(rank) + lp,
-                   ptr<int64_t>(previous) + lp, act, ptr<int64_t>(out_p2l) + lp,
-                   ptr<int64_t>(out_rank) + lp, ptr<int64_t>(out_cnt) + l * a.E,
-                   ptr<int64_t>(info) + l * 3};
+                   ptr<int64_t>(previous) + lp, act, ptr<int64_t>(out.p2l) + lp,
+                   ptr<int64_t>(out.rank) + lp, ptr<int64_t>(out.cnt) + l * a.E,
+                   ptr<int64_t>(out.info) + l * 3};
       migrate_layer(LaneTeam<W>{}, d, s, io);
     });
   });
-  return {out_p2l, out_rank, out_cnt, info};
+  return out.tuple();
 }
 
 std::tuple<Tensor, Tensor, Tensor, Tensor> migrate_cpu(Tensor tokens, Tensor phy2log, Tensor rank,

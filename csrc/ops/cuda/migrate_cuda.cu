@@ -16,21 +16,13 @@
 #include "../../core/migrate.h"
 #include "../migrate_args.h"
 #include "../tensor_utils.h"
-#include "cuda_check.cuh"
+#include "launch.cuh"
 #include "team.cuh"
 
 namespace eplb {
 namespace {
 
 using torch::stable::Tensor;
-
-cudaStream_t stream_of(const Tensor& t) {
-  void* stream = nullptr;
-  if (aoti_torch_get_current_cuda_stream(t.get_device_index(), &stream) != AOTI_TORCH_SUCCESS) {
-    fail("RuntimeError", "could not get the current CUDA stream");
-  }
-  return static_cast<cudaStream_t>(stream);
-}
 
 template <typename T>
 __global__ void migrate_kernel(Loads<T> t, MigrateDims d, char* scratch, int64_t stride,
@@ -64,24 +56,21 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> migrate_cuda(Tensor tokens, Tensor ph
   EPLB_CHECK_VALUE(active.numel() == 0 || active.get_device_index() == tokens.get_device_index(),
                    "active must be on the same device as tokens_per_expert");
   torch::stable::accelerator::DeviceGuard guard(tokens.get_device_index());
-  Tensor out_p2l = new_index(tokens, {a.L, a.P}, ScalarType::Long);
-  Tensor out_rank = new_index(tokens, {a.L, a.P}, ScalarType::Long);
-  Tensor out_cnt = new_index(tokens, {a.L, a.E}, ScalarType::Long);
-  Tensor info = new_index(tokens, {a.L, 3}, ScalarType::Long);
-  if (a.L == 0) return {out_p2l, out_rank, out_cnt, info};
+  const MigrateOutputs out = new_migrate_outputs(tokens, a);
+  if (a.L == 0) return out.tuple();
   const int64_t core = (migrate_scratch(d, nullptr, nullptr) + 255) / 256 * 256;
   const int64_t stride = (core + (int64_t)sizeof(float) * a.E + 255) / 256 * 256;
   Tensor buf = new_index(tokens, {a.L * stride}, ScalarType::Byte);
   const uint8_t* act = active.numel() > 0 ? ptr<uint8_t>(active) : nullptr;
   dispatch_loads(tokens, "tokens_per_expert", [&](auto tag) {
     using T = decltype(tag);
-    migrate_kernel<T><<<(unsigned)a.L, 128, 0, stream_of(tokens)>>>(
+    migrate_kernel<T><<<(unsigned)a.L, 128, 0, cuda_stream(tokens)>>>(
         make_loads<T>(tokens), d, ptr<char>(buf), stride, core, ptr<int64_t>(phy2log),
-        ptr<int64_t>(rank), ptr<int64_t>(previous), act, ptr<int64_t>(out_p2l),
-        ptr<int64_t>(out_rank), ptr<int64_t>(out_cnt), ptr<int64_t>(info));
+        ptr<int64_t>(rank), ptr<int64_t>(previous), act, ptr<int64_t>(out.p2l),
+        ptr<int64_t>(out.rank), ptr<int64_t>(out.cnt), ptr<int64_t>(out.info));
     EPLB_CUDA_CHECK_LAUNCH();
   });
-  return {out_p2l, out_rank, out_cnt, info};
+  return out.tuple();
 }
 
 }  // namespace

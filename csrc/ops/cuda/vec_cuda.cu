@@ -15,6 +15,7 @@
 #include <torch/csrc/stable/library.h>
 
 #include "../../core/vec_team.h"
+#include "../vec_args.h"
 #include "launch.cuh"
 #include "team.cuh"
 
@@ -63,13 +64,11 @@ std::tuple<Tensor, Tensor, Tensor> deepseek_vec_cuda(Tensor tokens, int64_t P, i
   check_device(tokens, "tokens_per_expert", true);
   check_vec_scratch(a, true);
   torch::stable::accelerator::DeviceGuard guard(tokens.get_device_index());
-  Tensor phy2log = new_index(tokens, {a.L, a.P}, ScalarType::Int);
-  Tensor log2phy = new_index(tokens, {a.L, a.E, a.X}, ScalarType::Int);
-  Tensor logcnt = new_index(tokens, {a.L, a.E}, ScalarType::Int);
-  if (a.L == 0) return {phy2log, log2phy, logcnt};
+  const VecOutputs out = new_vec_outputs(tokens, a);
+  if (a.L == 0) return out.tuple();
   EPLB_CHECK_VALUE(a.L <= ((int64_t{1} << 31) - 1) / a.N, "tokens_per_expert has ", a.L,
                    " layers; at most 2**31 - 1 layers x nodes are supported on CUDA");
-  const VecDims d{a.S, (int32_t)a.E, (int32_t)a.P, (int32_t)a.k, (int32_t)a.C, (int32_t)a.N};
+  const VecDims d = vec_dims(a);
   const int64_t layer_bytes = round256(vec_layer_scratch(d, nullptr, nullptr));
   const int64_t total = checked_mul_add(a.L, layer_bytes);
   EPLB_CHECK_MEMORY(total >= 0, "could not allocate ", a.L, " x ", layer_bytes,
@@ -85,9 +84,9 @@ std::tuple<Tensor, Tensor, Tensor> deepseek_vec_cuda(Tensor tokens, int64_t P, i
   });
   launch_with_state(vec_chunk_kernel, tokens, (unsigned)(a.L * a.N), kVecThreads,
                     vec_chunk_scratch(d, nullptr, nullptr), d, (const char*)ptr<char>(layers),
-                    layer_bytes, ptr<int32_t>(phy2log), ptr<int32_t>(log2phy),
-                    ptr<int32_t>(logcnt));
-  return {phy2log, log2phy, logcnt};
+                    layer_bytes, ptr<int32_t>(out.phy2log), ptr<int32_t>(out.log2phy),
+                    ptr<int32_t>(out.logcnt));
+  return out.tuple();
 }
 
 }  // namespace
