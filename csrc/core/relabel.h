@@ -145,18 +145,26 @@ EPLB_HD void gpu_counts(MigrateDims d, const int32_t* a, int32_t* gc) {
   }
 }
 
+// f(e) once for each expert e that GPU g holds in placement a (empty slots
+// skipped), in slot order; a fresh stamp tells the copies apart.
+template <typename F>
+EPLB_HD void for_distinct(MigrateDims d, MigrateScratch& s, const int32_t* a, int32_t g,
+                          const F& f) {
+  const int32_t tag = s.tag++;
+  for (int32_t j = 0; j < d.k; ++j) {
+    const int32_t e = a[g * d.k + j];
+    if (e < 0 || s.stamp[e] == tag) continue;
+    s.stamp[e] = tag;
+    f(e);
+  }
+}
+
 // moves(a, Q) over the active GPUs (act[0 .. na)), SPEC "Moves".
 EPLB_HD int32_t count_moves(MigrateDims d, MigrateScratch& s, const int32_t* a, int32_t na) {
   int32_t moves = 0;
   for (int32_t i = 0; i < na; ++i) {
     const int32_t g = s.act[i];
-    const int32_t tag = s.tag++;
-    for (int32_t j = 0; j < d.k; ++j) {
-      const int32_t e = a[g * d.k + j];
-      if (e < 0 || s.stamp[e] == tag) continue;
-      s.stamp[e] = tag;
-      moves += s.qcnt[(int64_t)g * d.E + e] == 0;
-    }
+    for_distinct(d, s, a, g, [&](int32_t e) { moves += s.qcnt[(int64_t)g * d.E + e] == 0; });
   }
   return moves;
 }
@@ -224,14 +232,10 @@ EPLB_HD void relabel_perm(MigrateDims d, MigrateScratch& s, int32_t na, bool hie
   for (int32_t pass = 0; pass < 2; ++pass) {
     for (int32_t jb = 0; jb < na; ++jb) {
       const int32_t b = s.act[jb];
-      const int32_t tag = s.tag++;
-      for (int32_t j = 0; j < d.k; ++j) {
-        const int32_t e = s.q[b * d.k + j];
-        if (e < 0 || s.stamp[e] == tag) continue;
-        s.stamp[e] = tag;
+      for_distinct(d, s, s.q, b, [&](int32_t e) {
         if (pass == 0) s.qoff[e + 1] += 1;
         else s.qhold[s.qoff[e]++] = b;
-      }
+      });
     }
     // qoff[e] becomes the start of e's list (the counts sit one to the right).
     if (pass == 0) {
@@ -241,15 +245,11 @@ EPLB_HD void relabel_perm(MigrateDims d, MigrateScratch& s, int32_t na, bool hie
   // After the fill, qoff[e] is the end of e's list and qoff[e - 1] its start.
   for (int32_t i = 0; i < na; ++i) {
     const int32_t a = s.act[i];
-    const int32_t tag = s.tag++;
-    for (int32_t j = 0; j < d.k; ++j) {
-      const int32_t e = s.f[a * d.k + j];
-      if (e < 0 || s.stamp[e] == tag) continue;
-      s.stamp[e] = tag;
+    for_distinct(d, s, s.f, a, [&](int32_t e) {
       for (int32_t x = e > 0 ? s.qoff[e - 1] : 0; x < s.qoff[e]; ++x) {
         s.overlap[(int64_t)a * d.G + s.qhold[x]] += 1;
       }
-    }
+    });
   }
   for (int32_t g = 0; g < d.G; ++g) s.perm[g] = g;
   if (!hier) {
