@@ -197,3 +197,18 @@ def raises_with(exc, *fragments):
     """pytest.raises for ``exc`` whose message contains every fragment, in any order."""
     pattern = "".join(f"(?=[\\s\\S]*{re.escape(f)})" for f in fragments)
     return pytest.raises(exc, match=pattern)
+
+
+def load_pattern(kind: str, S: int, L: int, E: int, gen: torch.Generator) -> Optional[Tensor]:
+    """Loads ``[S, L, E]`` (float64) of a pattern that stresses the tie rule
+    and the sums: "skewed" (a few hot experts), "ties" (values 0..2),
+    "zeros", "equal"; None for another kind."""
+    if kind == "skewed":
+        return torch.poisson(torch.rand(S, L, E, generator=gen) ** 4 * 300, generator=gen)
+    if kind == "ties":
+        return torch.randint(0, 3, (S, L, E), generator=gen).double()
+    if kind == "zeros":
+        return torch.zeros(S, L, E, dtype=torch.float64)
+    if kind == "equal":
+        return torch.full((S, L, E), 7.0, dtype=torch.float64)
+    return None

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from eplb_ext import _ops
-from helpers import GOLDEN_MISSING, load_golden_cases, raises_with
+from helpers import GOLDEN_MISSING, load_golden_cases, load_pattern, raises_with
 
 ops = torch.ops.eplb_ext
 WIDTHS = (1, 32)
@@ -65,19 +65,12 @@ def test_golden_covers_both_variants():
 
 
 def _loads(kind, S, L, E, dtype, gen):
-    if kind == "skewed":
-        x = torch.poisson(torch.rand(S, L, E, generator=gen) ** 4 * 300, generator=gen)
-    elif kind == "ties":
-        x = torch.randint(0, 3, (S, L, E), generator=gen).double()
-    elif kind == "zeros":
-        x = torch.zeros(S, L, E, dtype=torch.float64)
-    elif kind == "equal":
-        x = torch.full((S, L, E), 7.0, dtype=torch.float64)
-    elif kind == "neg_zero":
+    x = load_pattern(kind, S, L, E, gen)
+    if x is None and kind == "neg_zero":
         # -0.0 and +0.0 must tie (lower index first), also against small loads.
         x = torch.where(torch.rand(S, L, E, generator=gen) < 0.5, -0.0, 0.0).double()
         x[..., ::5] = 1.0
-    else:  # fractional
+    elif x is None:  # fractional
         x = torch.rand(S, L, E, generator=gen, dtype=torch.float64) * 10
     return x.to(dtype)
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from eplb_ext import _ops
-from helpers import OUTPUT_NAMES, assert_same, golden_case_names, load_golden_cases, raises_with
+from helpers import OUTPUT_NAMES, assert_same, golden_case_names, load_golden_cases, load_pattern, raises_with
 
 ops = torch.ops.eplb_ext
 WIDTHS = (1, 32)
@@ -67,23 +67,16 @@ DTYPES = [
 
 def make_loads(kind, S, L, E, seed, dtype=torch.int64):
     g = torch.Generator().manual_seed(seed)
-    if kind == "skewed":
-        t = torch.poisson(torch.rand(S, L, E, generator=g) ** 4 * 300, generator=g)
-    elif kind == "ties":
-        t = torch.randint(0, 3, (S, L, E), generator=g).double()
-    elif kind == "zeros":
-        t = torch.zeros(S, L, E, dtype=torch.float64)
-    elif kind == "equal":
-        t = torch.full((S, L, E), 7.0, dtype=torch.float64)
-    elif kind == "spike":
+    t = load_pattern(kind, S, L, E, g)
+    if t is None and kind == "spike":
         # One expert leads every step: each of its picks rescans every step.
         t = torch.randint(0, 5, (S, L, E), generator=g).double()
         t[:, :, E // 2] = 100
-    elif kind == "wide":
+    elif t is None and kind == "wide":
         # Magnitudes 1e-3 .. 1e6: float32 sums depend on their order.
         t = torch.rand(S, L, E, generator=g, dtype=torch.float64)
         t = t * 10.0 ** torch.randint(-3, 7, (S, L, E), generator=g)
-    else:
+    elif t is None:
         raise AssertionError(kind)
     if dtype == torch.float16:
         t = t.clamp(max=6e4)
