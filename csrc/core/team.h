@@ -34,7 +34,6 @@ namespace eplb {
 template <int W>
 struct LaneTeam {
   static_assert(W >= 1 && (W & (W - 1)) == 0, "W must be a power of two");
-  static constexpr int kWidth = W;
 
   template <typename F>
   void for_each(int32_t n, const F& f) const {

@@ -60,7 +60,6 @@ __device__ __forceinline__ uint64_t lane_extreme(int32_t first, int32_t step, in
 // One warp. Every lane of the warp must call each member (they use the full
 // mask).
 struct WarpTeam {
-  static constexpr int kWidth = 32;
   __device__ int32_t lane() const { return threadIdx.x & 31; }
 
   template <typename F>
