@@ -144,28 +144,16 @@ EPLB_HD void vec_store_tops(const VecLayer& ly, const VecTeamChunk& c, int64_t S
 
 // Step st's tops on one lane, experts scanned in index order with strict
 // comparisons: the first expert wins equal scores, as in the CPU's trees.
-// Scores are computed a block ahead of the comparisons, so that a GPU
-// thread has several reads of the loads in flight instead of one; the
-// comparisons stay in index order.
 EPLB_HD void vec_step_tops(const VecLayer& ly, const VecTeamChunk& c, int64_t S, int32_t e0,
                            int32_t en, int64_t st) {
-  constexpr int32_t kAhead = 8;
-  float v1 = 0.0f, v2 = neg_inf();
+  float v1 = vec_score(ly, c, S, e0, 0, st), v2 = neg_inf();
   int32_t i1 = 0, i2 = 0;
-  for (int32_t j0 = 0; j0 < en; j0 += kAhead) {
-    float x[kAhead];
-    for (int32_t i = 0; i < kAhead; ++i) {
-      x[i] = j0 + i < en ? vec_score(ly, c, S, e0, j0 + i, st) : 0.0f;
-    }
-    for (int32_t i = 0; i < kAhead && j0 + i < en; ++i) {
-      const int32_t j = j0 + i;
-      if (j == 0) {
-        v1 = x[i];
-      } else if (x[i] > v1) {
-        v2 = v1, i2 = i1, v1 = x[i], i1 = j;
-      } else if (x[i] > v2) {
-        v2 = x[i], i2 = j;
-      }
+  for (int32_t j = 1; j < en; ++j) {
+    const float x = vec_score(ly, c, S, e0, j, st);
+    if (x > v1) {
+      v2 = v1, i2 = i1, v1 = x, i1 = j;
+    } else if (x > v2) {
+      v2 = x, i2 = j;
     }
   }
   vec_store_tops(ly, c, S, st, v1, i1, v2, i2);
