@@ -32,7 +32,7 @@ deadline=$((start + budget_s))
 log="$out/gpu_check.log"
 stages="$out/stages.tsv"
 # Results of an earlier run in the same OUTDIR must not leak into this summary.
-rm -f "$log" "$stages" "$out"/*.xml "$out"/bench_gpu.json "$out"/summary.json "$out"/probe.json
+rm -f "$log" "$stages" "$out"/*.xml "$out"/bench_gpu.json "$out"/summary.json "$out"/probe.json "$out"/error_probe.json
 
 export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0}
 export EPLB_EXT_CUDA=1 MAX_JOBS=${MAX_JOBS:-$(nproc)} PYTHONUNBUFFERED=1
@@ -126,6 +126,10 @@ say "toolkit: ${toolkit:-not found}; compute-sanitizer: ${sanitizer:-not found}"
 # --- build (setup.py finds the toolkit; EPLB_EXT_CUDA=1 makes a CPU-only
 # fallback an error instead of a silent success).
 stage build 270 170 "$py" setup.py build_ext --inplace
+
+# --- does a C++ error raised in an op reach Python as an exception? (each
+# case in its own interpreter; on a crash it records the unwinder's bindings)
+stage errors 60 200 "$py" benchmarks/error_probe.py --json "$out/error_probe.json"
 
 # --- tests: the CUDA and build tests and the CPU tests of the lane-parallel
 # code, then the tests marked cuda in the other files. addopts is replaced

@@ -63,18 +63,11 @@ def _check_placement(tokens: Tensor, P: int, k: int, C: int, N: int) -> Tuple[in
     if tokens.dtype == torch.bool or tokens.is_complex():
         _reject("TypeError", f"tokens_per_expert has dtype {tokens.dtype}; loads must have an integer or floating dtype")
     L, E = tokens.shape[-2], tokens.shape[-1]
-    rules = [
-        (E >= 1, f"tokens_per_expert has {E} logical experts (last dimension); at least 1 is required"),
-        (P >= E, f"num_physical_experts={P} is smaller than the number of logical experts {E}"),
-        (P <= 1 << 30, f"num_physical_experts={P} exceeds {1 << 30}, the largest number of slots supported"),
-        (k >= 1 and P % k == 0, f"num_local_physical_experts={k} must divide num_physical_experts={P}"),
-        (C >= 1 and E % C == 0, f"num_groups={C} must divide the number of logical experts {E}"),
-        (N >= 1 and C % N == 0, f"num_nodes={N} must divide num_groups={C}"),
-        (k < 1 or (P // k) % N == 0, f"num_nodes={N} must divide the number of GPUs"),
-    ]
-    for ok, message in rules:
-        if not ok:
-            _reject("ValueError", message)
+    from ._validate import placement_rule
+
+    broken = placement_rule(tokens.shape[0] if tokens.dim() == 3 else 1, L, E, P, k, C, N)
+    if broken is not None:
+        _reject(broken[0].__name__, broken[1])
     return L, E
 
 

@@ -1,18 +1,23 @@
 """Argument checks of the Python API (SPEC "Bad input").
 
 Each check raises before any work, naming the argument, its value and the
-rule. Load values (negative, NaN, infinite) of CPU tensors are checked by the
-compiled ops, which scan the input once in C++; for tensors on a GPU,
-``check_load_values`` does it here with one small read on the host.
+rule. The public API runs every argument and value check here, before any
+op: an error raised in Python never has to cross from the compiled library
+as a C++ exception (which some builds of torch cannot unwind; the ops keep
+their own checks for direct calls). ``check_load_values`` scans CPU loads
+with the ``first_bad_load`` op, which reports instead of raising, and loads
+on a GPU with torch ops and one small read on the host.
 """
 
 from __future__ import annotations
 
 import numbers
-from typing import Optional
+from typing import Optional, Tuple
 
 import torch
 from torch import Tensor
+
+from . import _ops
 
 # Floating formats the kernels do not read directly; converting them to
 # float32 is exact.
@@ -68,6 +73,61 @@ def check_loads(
 
 _UNSIGNED = {getattr(torch, n) for n in ("uint8", "uint16", "uint32", "uint64") if hasattr(torch, n)}
 
+# The size limits of the compiled code (csrc/ops/check.h): indices are int32
+# inside the core; step counts too.
+MAX_INDEX = 1 << 30
+MAX_STEPS = (1 << 31) - 1
+
+
+def placement_rule(S: int, L: int, E: int, P: int, k: int, C: int, N: int) -> Optional[Tuple[type, str]]:
+    """The first rule of ``check_placement`` (csrc/ops/check.h) that the
+    shape and integer arguments break, as (exception class, message), or
+    None. Shared by the public API, which raises it, and the fake kernels."""
+    X = P - E + 1
+    rules = [
+        (E >= 1, f"tokens_per_expert has {E} logical experts (last dimension); at least 1 is required"),
+        (P >= E, f"num_physical_experts={P} is smaller than the number of logical experts {E}; "
+                 "every expert needs at least one slot"),
+        (P <= MAX_INDEX, f"num_physical_experts={P} exceeds {MAX_INDEX}, the largest number of slots "
+                         "supported (int32 indices)"),
+        (k >= 1 and P % k == 0, f"num_local_physical_experts={k} must divide num_physical_experts={P}"),
+        (C >= 1 and E % C == 0, f"num_groups={C} must divide the number of logical experts {E}"),
+        (N >= 1 and C % N == 0, f"num_nodes={N} must divide num_groups={C}"),
+        (k < 1 or (P // k) % N == 0, f"num_nodes={N} must divide the number of GPUs {P // max(k, 1)} "
+                                     "(num_physical_experts / num_local_physical_experts)"),
+        (S <= MAX_STEPS, f"tokens_per_expert has {S} steps (first dimension); at most {MAX_STEPS} are supported"),
+        # Every output must be addressable with int64 element offsets.
+        (L == 0 or E * X * L <= _INT64_MAX, f"logical_to_physical_map of shape [{L}, {E}, {X}] is too large to allocate"),
+    ]
+    for ok, message in rules:
+        if not ok:
+            return ValueError, message
+    return None
+
+
+def check_placement(tokens: Tensor, P: int, k: int, C: int, N: int) -> None:
+    """Raises the first broken placement rule for ``tokens`` ([S, L, E] or
+    [L, E]) and the integer arguments."""
+    S = tokens.shape[0] if tokens.dim() == 3 else 1
+    broken = placement_rule(S, tokens.shape[-2], tokens.shape[-1], P, k, C, N)
+    if broken is not None:
+        raise broken[0](broken[1])
+
+
+def _first_bad(tensor: Tensor) -> int:
+    """Flat index of the first bad load in index order, or -1."""
+    if tensor.device.type == "cpu" and tensor.dim() in (2, 3):
+        # One pass in C++, which reports instead of raising.
+        return int(_ops.ops.first_bad_load(tensor))
+    if tensor.dtype.is_floating_point:
+        # A finite float64 beyond float32's range is infinite once converted.
+        bad = ~torch.isfinite(tensor.float()) | (tensor < 0)
+    else:
+        bad = tensor < 0
+    if not bool(bad.any()):
+        return -1
+    return int(bad.reshape(-1).nonzero()[0, 0])
+
 
 def check_load_values(name: str, tensor: Tensor) -> None:
     """Raises ValueError for the first negative, NaN or (in float32) infinite
@@ -77,14 +137,9 @@ def check_load_values(name: str, tensor: Tensor) -> None:
     """
     if tensor.dtype in _UNSIGNED or tensor.numel() == 0:
         return
-    if tensor.dtype.is_floating_point:
-        # A finite float64 beyond float32's range is infinite once converted.
-        bad = ~torch.isfinite(tensor.float()) | (tensor < 0)
-    else:
-        bad = tensor < 0
-    if not bool(bad.any()):
+    flat = _first_bad(tensor)
+    if flat < 0:
         return
-    flat = int(bad.reshape(-1).nonzero()[0, 0])
     index = []
     for size in reversed(tensor.shape):
         index.append(flat % size)

@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 
 from . import _ops, elasticity, migration
-from ._validate import check_int, check_load_values, check_loads
+from ._validate import check_int, check_load_values, check_loads, check_placement
 
 
 class EplbAlgorithm(Enum):
@@ -119,7 +119,8 @@ def rebalance_experts(
             ``check_values=False`` and ``fixed_width=True`` a CUDA call never
             synchronises and can be captured in a CUDA graph; bad loads then
             give an unspecified (but in-bounds) placement. CPU tensors are
-            always checked, in C++, at no extra cost.
+            always checked: before placing, in one pass in C++, or (with
+            ``check_values=False`` or while tracing) by the placing op.
         active_ranks: which of the G = P / k GPUs are alive, for the
             ``elasticity_aware`` variants: a 1-D bool or 0/1 integer tensor
             (any device) or a sequence of G bools / 0/1 ints; None means all.
@@ -172,6 +173,7 @@ def rebalance_experts(
             raise ValueError(f"num_nodes={N} must divide the number of GPUs {G} (num_physical_experts / k)")
     else:
         C, N = 1, 1
+    check_placement(tokens, P, k, C, N)
     for flag, value in (("fixed_width", fixed_width), ("check_values", check_values)):
         if not isinstance(value, bool):
             raise TypeError(f"{flag} must be a bool, got {type(value).__name__}")
@@ -180,7 +182,11 @@ def rebalance_experts(
     active = elasticity.active_gpus(active_ranks, G, k, num_experts, algo)
     # Meta tensors have no values; while tracing, values cannot be read.
     compiling = torch.compiler.is_compiling()
-    if check_values and tokens.device.type not in ("cpu", "meta"):
+    if check_values and tokens.device.type == "cpu":
+        # While tracing, the CPU kernel's own check is the one that runs.
+        if not compiling:
+            check_load_values("tokens_per_expert", tokens)
+    elif check_values and tokens.device.type != "meta":
         if compiling:
             raise ValueError(
                 "check_values=True reads a boolean on the host, which cannot be traced (torch.compile); "

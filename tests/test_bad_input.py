@@ -526,3 +526,98 @@ def test_raw_ops_empty_batch_and_no_steps(op):
     assert p2l.shape == (0, P) and cnt.shape == (0, E)
     p2l, _, cnt = f(torch.zeros(0, 3, E), P, k, C, N)
     assert p2l.shape == (3, P) and bool((cnt.sum(-1) == P).all())
+
+
+# --------------------------------------------------------------------------
+# the Python API raises before any placement op runs
+# --------------------------------------------------------------------------
+# A C++ exception that crosses from the compiled library into torch is the
+# one error path whose behaviour depends on how torch itself was built, so the
+# Python API checks every argument and load value first. Here the placement
+# ops are replaced by a function that fails the test if it is called at all.
+
+
+@pytest.fixture
+def no_op_calls(monkeypatch):
+    from eplb_ext import _ops
+
+    def refuse(op, *args):
+        raise AssertionError(f"{op} was called with bad input; the Python API should have raised first")
+
+    monkeypatch.setattr(_ops, "call", refuse)
+
+
+def _with_bad(t, index, value):
+    t = t.clone()
+    t[index] = value
+    return t
+
+
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+@pytest.mark.parametrize(
+    "make,exc,fragments",
+    [
+        (lambda: _with_bad(_t(), (1, 2, 5), float("nan")), ValueError, ("tokens_per_expert[1, 2, 5]", "NaN")),
+        (lambda: _with_bad(_t(dtype=torch.int64), (0, 1, 3), -4), ValueError, ("tokens_per_expert[0, 1, 3]", "negative")),
+        (lambda: _with_bad(_t()[0], (2, 7), float("-inf")), ValueError, ("tokens_per_expert[2, 7]",)),
+        (lambda: _with_bad(_t(dtype=torch.float64), (1, 0, 0), 1e300), ValueError, ("infinite in float32",)),
+        (lambda: torch.ones(1, 2, E).expand(2**33, 2, E), ValueError, ("8589934592 steps",)),
+    ],
+)
+def test_api_raises_load_errors_before_any_op(no_op_calls, algorithm, make, exc, fragments):
+    with raises_with(exc, *fragments):
+        rebalance(make(), P, k, C, N, algorithm)
+
+
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+def test_api_raises_size_errors_before_any_op(no_op_calls, algorithm):
+    with raises_with(ValueError, "num_physical_experts=2147483648", "exceeds"):
+        rebalance(_t(), 2**31, 1, 1, 1, algorithm)
+    big = torch.zeros(1, 1, 1).expand(1, 2**40, 8)
+    with raises_with(ValueError, "too large"):
+        rebalance(big, 2**30, 1, 1, 1, algorithm)
+
+
+def test_deepseek_api_raises_before_any_op(no_op_calls):
+    w = _t()[0]
+    bad = _with_bad(w, (1, 4), float("nan"))
+    with raises_with(ValueError, "num_packs=3", "divide"):
+        ds.balanced_packing(w, 3)
+    with raises_with(ValueError, "num_packs=32", "exceeds the number of items 16"):
+        ds.balanced_packing(w, 32)
+    with raises_with(ValueError, "weight[1, 4]", "NaN"):
+        ds.balanced_packing(bad, 2)
+    with raises_with(ValueError, "num_phy=7"):
+        ds.replicate_experts(w, 7)
+    with raises_with(ValueError, "num_phy=2147483648", "exceeds"):
+        ds.replicate_experts(w, 2**31)
+    with raises_with(ValueError, "weight has no experts"):
+        ds.replicate_experts(torch.ones(3, 0), 4)
+    with raises_with(ValueError, "weight[1, 4]", "NaN"):
+        ds.replicate_experts(bad, 20)
+    with raises_with(ValueError, "weight[1, 4]", "NaN"):
+        ds.rebalance_experts(bad, 24, 4, 2, 8)
+    with raises_with(ValueError, "weight[1, 4]", "NaN"):
+        ds.rebalance_experts_hierarchical(bad, 24, 4, 2, 8)
+    with raises_with(ValueError, "num_groups=3"):
+        ds.rebalance_experts_hierarchical(w, 24, 3, 1, 8)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.float64, torch.int32, torch.int8])
+def test_first_bad_load_op_reports_the_first_in_index_order(dtype):
+    g = torch.Generator().manual_seed(5)
+    t = torch.randint(0, 50, (6, 4, 9), generator=g).to(dtype)
+    assert ops.first_bad_load(t) == -1
+    assert ops.first_bad_load(t[:, :0]) == -1
+    # Bad values at several places: the first in (step, layer, expert) order
+    # wins, whatever layer it is in; a strided view is read as it is indexed.
+    bad = -1 if not dtype.is_floating_point else float("nan")
+    for places in ([(4, 0, 1), (3, 3, 8), (3, 2, 0)], [(0, 3, 0), (0, 1, 8)], [(5, 3, 8)]):
+        u = t.clone()
+        for p in places:
+            u[p] = bad
+        s, l, e = min(places)
+        assert ops.first_bad_load(u) == (s * 4 + l) * 9 + e
+        view = u.transpose(0, 1).contiguous().transpose(0, 1)
+        assert ops.first_bad_load(view) == (s * 4 + l) * 9 + e
+        assert ops.first_bad_load(u[s]) == l * 9 + e

@@ -5,6 +5,9 @@
 STABLE_TORCH_LIBRARY(eplb_ext, m) {
   m.def("balanced_packing(Tensor weight, int num_packs) -> (Tensor, Tensor)");
   m.def("replicate_experts(Tensor weight, int num_phy) -> (Tensor, Tensor, Tensor)");
+  // CPU only: the flat index of the first negative, NaN or (as float32)
+  // infinite load of [S, L, E] or [L, E] loads in index order, or -1.
+  m.def("first_bad_load(Tensor loads) -> int");
   // Returns (physical_to_logical_map, physical_rank, logical_count); the map
   // from experts to slots is built by logical_to_physical at a chosen width.
   m.def(

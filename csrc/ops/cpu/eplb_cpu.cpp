@@ -208,6 +208,53 @@ std::tuple<Tensor, Tensor, Tensor> deepseek_vec_cpu(Tensor tokens, int64_t P, in
   return out.tuple();
 }
 
+// The first bad load of `loads` ([S, L, E] or [L, E]) in index order, as a
+// flat index into the tensor's shape, or -1. Unlike the placement ops it
+// reports a bad value instead of raising, so that Python can raise its own
+// ValueError before any op runs: an error that never has to cross the
+// library boundary as a C++ exception.
+int64_t first_bad_load_cpu(Tensor loads) {
+  check_load_tensor(loads, "loads", 3);
+  check_device(loads, "loads", false);
+  int64_t flat = -1;
+  dispatch_loads(loads, "loads", [&](auto tag) {
+    using T = decltype(tag);
+    const Loads<T> t = make_loads<T>(loads);
+    if (t.se == 1 && t.sl == t.E && (t.S == 1 || t.ss == t.L * t.E)) {
+      // Row-major and dense: memory order is index order, so the scan runs
+      // straight through memory in chunks, the first bad chunk winning.
+      constexpr int64_t kChunk = int64_t{1} << 16;
+      const int64_t n = t.S * t.L * t.E, chunks = (n + kChunk - 1) / kChunk;
+      std::vector<int64_t> first(static_cast<size_t>(chunks), -1);
+      for_each_layer(chunks, grain_for(kChunk), 0, [&](int64_t c, void*) {
+        const int64_t begin = c * kChunk;
+        const Loads<T> run{t.data + begin, 1, 1, std::min(kChunk, n - begin), 0, 0, 1};
+        const int64_t f = first_bad_load(run, 0);
+        if (f >= 0) first[static_cast<size_t>(c)] = begin + f;
+      });
+      for (int64_t f : first) {
+        if (f >= 0) {
+          flat = f;
+          break;
+        }
+      }
+      return;
+    }
+    std::vector<int64_t> first(static_cast<size_t>(t.L), -1);
+    for_each_layer(t.L, grain_for(t.S * t.E), 0,
+                   [&](int64_t l, void*) { first[static_cast<size_t>(l)] = first_bad_load(t, l); });
+    // Index order is (step, layer, expert): the smallest step wins, and
+    // among layers bad at that step the first.
+    int64_t bs = -1, bl = -1, be = -1;
+    for (int64_t l = 0; l < t.L; ++l) {
+      const int64_t f = first[static_cast<size_t>(l)];
+      if (f >= 0 && (bs < 0 || f / t.E < bs)) bs = f / t.E, bl = l, be = f % t.E;
+    }
+    if (bs >= 0) flat = (bs * t.L + bl) * t.E + be;
+  });
+  return flat;
+}
+
 }  // namespace
 }  // namespace eplb
 
@@ -218,4 +265,5 @@ STABLE_TORCH_LIBRARY_IMPL(eplb_ext, CPU, m) {
   m.impl("deepseek", TORCH_BOX(&eplb::deepseek_cpu));
   m.impl("deepseek_mapped", TORCH_BOX(&eplb::deepseek_mapped_cpu));
   m.impl("deepseek_vec", TORCH_BOX(&eplb::deepseek_vec_cpu));
+  m.impl("first_bad_load", TORCH_BOX(&eplb::first_bad_load_cpu));
 }
