@@ -185,6 +185,20 @@ bench_args=(--json "$out/bench_gpu.json")
 (($(seconds 120 10) < 90)) && bench_args+=(--quick)
 stage bench 120 10 "$py" benchmarks/bench_gpu.py "${bench_args[@]}"
 
+# --- Nsight Compute over one launch of each kernel worth profiling (where
+# ncu is installed and the budget allows; counters may need permissions that
+# a machine does not grant, which the stage's log then shows).
+ncu=""
+for c in "${toolkit:+$toolkit/bin/ncu}" "$(command -v ncu)" /usr/local/cuda/bin/ncu /usr/local/cuda-*/bin/ncu; do
+  if [ -n "$c" ] && [ -f "$c" ] && [ -x "$c" ]; then ncu=$c; break; fi
+done
+if [ -n "$ncu" ]; then
+  stage profile 120 5 "$ncu" --profile-from-start off --section SpeedOfLight --section Occupancy \
+    --section LaunchStats --section WarpStateStats --csv --page details "$py" benchmarks/profile_gpu.py
+else
+  say "== profile: ncu not found"
+fi
+
 # --- summary.json from everything above.
 say "== summary"
 timeout -k 5 15 "$py" benchmarks/gpu_summary.py "$out" 2>&1 | tee -a "$log"

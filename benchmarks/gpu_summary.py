@@ -118,6 +118,19 @@ def build_summary(out: Path) -> Dict:
         sanitizers[tool] = st
     summary["sanitizers"] = sanitizers
 
+    # error_probe.py: do the API's errors raise in Python, and do the raw ops'
+    # C++ errors reach Python (informational: a torch build may not unwind them).
+    errors = stage("errors")
+    probe_errors = _load_json(out / "error_probe.json")
+    if probe_errors is not None:
+        errors["api_raises"] = probe_errors.get("ok")
+        raw = [v.get("rc") == 0 for n, v in probe_errors.items() if n in ("raw", "raw_cuda") and isinstance(v, dict)]
+        errors["raw_raises"] = all(raw) if raw else None
+    errors["ok"] = errors["rc"] == 0
+    summary["errors"] = errors
+    # Nsight Compute (informational: needs ncu and counter permissions).
+    summary["profile"] = stage("profile")
+
     bench = stage("bench")
     result = _load_json(out / "bench_gpu.json")
     if result is not None:
@@ -131,6 +144,7 @@ def build_summary(out: Path) -> Dict:
     summary["targets_met"] = bench.get("targets_met")
     summary["ok"] = (
         summary["build"]["rc"] == 0
+        and errors["ok"]
         and tests["ok"]
         and all(s["ok"] for s in sanitizers.values())
         and bench["rc"] == 0
@@ -152,6 +166,8 @@ def brief(summary: Dict) -> List[str]:
     b, t = summary["build"], summary["tests"]
     lines = [
         f"build: rc={b['rc']} in {b['seconds']} s",
+        f"errors: rc={summary['errors']['rc']} api raises={summary['errors'].get('api_raises')} "
+        f"raw ops raise={summary['errors'].get('raw_raises')}",
         f"tests: {t['passed']} passed, {t['failed']} failed, {t['errors']} errors, {t['skipped']} skipped",
     ]
     for tool, s in summary["sanitizers"].items():

@@ -156,10 +156,11 @@ def _outdir(tmp_path: Path, memcheck_errors: int = 0, bench: bool = True) -> Pat
     out.mkdir()
     rc_mem = 1 if memcheck_errors else 0
     (out / "stages.tsv").write_text(
-        "probe\t0\t2.0\nbuild\t0\t95.5\ntests\t0\t40.1\ntests_marked\t5\t6.0\n"
+        "probe\t0\t2.0\nbuild\t0\t95.5\nerrors\t0\t9.0\ntests\t0\t40.1\ntests_marked\t5\t6.0\n"
         f"memcheck\t{rc_mem}\t30.0\nracecheck\t0\t31.0\nsynccheck\t124\t60.0\n"
         + ("bench\t0\t20.0\n" if bench else "bench\tskipped\t0\n")
     )
+    (out / "error_probe.json").write_text(json.dumps(dict(api=dict(rc=0), raw=dict(rc=-11), ok=True)))
     _junit(out / "tests.xml", 320, skipped=2)
     _junit(out / "tests_marked.xml", 0)
     (out / "memcheck.log").write_text(f"ok    deepseek\nall calls ran\n========= ERROR SUMMARY: {memcheck_errors} errors\n")
@@ -185,6 +186,7 @@ def test_summary_counts_and_verdicts(tmp_path):
     assert san["racecheck"]["ok"] and any("RACECHECK SUMMARY" in line for line in san["racecheck"]["summary"])
     assert san["synccheck"]["timed_out"] and not san["synccheck"]["ok"] and san["synccheck"]["errors"] is None
     assert s["targets_met"] is True
+    assert s["errors"]["ok"] and s["errors"]["api_raises"] and s["errors"]["raw_raises"] is False
     assert not s["ok"]  # synccheck timed out
 
 
