@@ -35,15 +35,16 @@ EPLB_HD void team_balanced_pack(const Team& team, int32_t n, int32_t m, bool sho
   });
   team.sync();
   bitonic_sort(team, keys, n2);
-  const uint64_t kIndex = (uint64_t{1} << 30) - 1;
   for (int32_t r = 0; r < n; ++r) {
     const int32_t item = (int32_t)(uint32_t)keys[r];
-    // The same keys as packing.h's tree, full packs sorting last: the
-    // smallest is the first lightest open pack.
-    const uint64_t key = team.min_key(m, [&](int32_t p) {
-      return pack_key(pack_w[p], pack_n[p] >= cap, p);
+    // The order of packing.h's keys, full packs last: the first lightest
+    // open pack (one is open while items remain). Open packs stay below ~0u
+    // even for weights the ops reject (negative, NaN), so the pick is never
+    // a full pack.
+    const int32_t best = team.arg_min(m, [&](int32_t p) {
+      const uint32_t bits = nonneg_bits(pack_w[p]);
+      return pack_n[p] >= cap ? ~0u : (bits < ~0u ? bits : ~0u - 1);
     });
-    const int32_t best = (int32_t)(key & kIndex);
     team.single([&] {
       place(item, best, pack_n[best]);
       pack_w[best] = pack_w[best] + weight(item);
@@ -51,13 +52,6 @@ EPLB_HD void team_balanced_pack(const Team& team, int32_t n, int32_t m, bool sho
     });
   }
   team.sync();
-}
-
-// Replica pick key: the larger w / count first, then the lower index (high
-// bits ~e), as replicate()'s tree, whose right child wins only when strictly
-// larger. +0 and -0 give one key, as they compare equal there.
-EPLB_HD uint64_t replica_key(float ratio, int32_t e) {
-  return ((uint64_t)nonneg_bits(ratio) << 32) | (uint32_t)~(uint32_t)e;
 }
 
 // Greedy replication of n experts into p slots (SPEC "Greedy replication"),
@@ -74,8 +68,10 @@ EPLB_HD void team_replicate(const Team& team, int32_t n, int32_t p, const Weight
   });
   team.sync();
   for (int32_t i = n; i < p; ++i) {
-    const uint64_t key = team.max_key(n, [&](int32_t e) { return replica_key(ratio[e], e); });
-    const int32_t best = (int32_t)~(uint32_t)key;
+    // The larger w / count first, then the lower index, as replicate()'s
+    // tree, whose right child wins only when strictly larger; +0 and -0
+    // compare equal there and give one key here.
+    const int32_t best = team.arg_max(n, [&](int32_t e) { return nonneg_bits(ratio[e]); });
     team.single([&] {
       phy2log[i] = (Idx)best;
       rank[i] = (Idx)cnt[best];

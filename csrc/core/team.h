@@ -10,6 +10,11 @@
 //    [0, n), the same value on every lane. Keys are unique uint64 values
 //    that pack (value, index), so the extreme key names the first best
 //    element: the tie rule of SPEC.md, whatever the reduction order.
+//  * team.arg_min(n, key) / arg_max: the index i in [0, n) of the smallest
+//    / largest 32-bit key(i), the lowest index on ties, the same on every
+//    lane (n >= 1): the same pick as min_key / max_key on keys that pack
+//    (key, index), which a warp makes with two 32-bit reductions instead of
+//    a 64-bit butterfly;
 //  * team.single(f): f() on one lane (sequential steps such as one pick);
 //    team.single_result(f) also hands f()'s value to every lane;
 //  * team.fold(n, init, visit, merge): per-lane accumulators merged into
@@ -79,6 +84,14 @@ struct LaneTeam {
   template <typename F>
   uint64_t min_key(int32_t n, const F& key) const {
     return extreme(n, key, false);
+  }
+  template <typename F>
+  int32_t arg_min(int32_t n, const F& key) const {
+    return (int32_t)(uint32_t)min_key(n, [&](int32_t i) { return ((uint64_t)key(i) << 32) | (uint32_t)i; });
+  }
+  template <typename F>
+  int32_t arg_max(int32_t n, const F& key) const {
+    return (int32_t)~(uint32_t)max_key(n, [&](int32_t i) { return ((uint64_t)key(i) << 32) | ~(uint32_t)i; });
   }
 
  private:

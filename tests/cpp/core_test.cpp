@@ -711,6 +711,38 @@ static void test_vec_pick_near_ties() {
   CHECK(bad == 0);
 }
 
+// team.arg_min / arg_max: the first index of the extreme 32-bit key, on
+// any number of lanes, including keys at the ends of the range and more
+// items than lanes.
+template <int W>
+static void check_arg_extremes(const std::vector<uint32_t>& keys) {
+  const int32_t n = (int32_t)keys.size();
+  int32_t lo = 0, hi = 0;
+  for (int32_t i = 1; i < n; ++i) {
+    if (keys[i] < keys[lo]) lo = i;
+    if (keys[i] > keys[hi]) hi = i;
+  }
+  const LaneTeam<W> team;
+  CHECK(team.arg_min(n, [&](int32_t i) { return keys[i]; }) == lo);
+  CHECK(team.arg_max(n, [&](int32_t i) { return keys[i]; }) == hi);
+}
+
+static void test_arg_extremes() {
+  uint64_t x = 88172645463325252ull;
+  for (int32_t n : {1, 2, 7, 31, 32, 33, 100, 288}) {
+    for (uint32_t range : {2u, 5u, 1000u, 0u}) {
+      std::vector<uint32_t> keys(n);
+      for (uint32_t& k : keys) {
+        x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+        k = range == 0 ? (uint32_t)x : (uint32_t)(x % range);
+        if (range == 2) k = k ? ~0u : 0u;  // only the extreme values, many ties
+      }
+      check_arg_extremes<1>(keys);
+      check_arg_extremes<32>(keys);
+    }
+  }
+}
+
 static void test_winner_tree() {
   // First index wins ties; updates keep the winner right.
   float v[5] = {1, 7, 7, 3, 7};
@@ -864,6 +896,7 @@ int main() {
   test_replicate();
   test_rows();
   test_winner_tree();
+  test_arg_extremes();
   test_deepseek_layer();
   test_vec_layer();
   test_layers_random();

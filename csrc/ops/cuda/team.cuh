@@ -57,6 +57,42 @@ __device__ __forceinline__ uint64_t lane_extreme(int32_t first, int32_t step, in
   return v;
 }
 
+// This lane's extreme 32-bit key over i = first, first + step, ... < n and
+// the index of its first occurrence (~0u for a lane without items).
+template <bool kLargest, typename F>
+__device__ __forceinline__ void lane_arg(int32_t first, int32_t step, int32_t n, const F& key,
+                                         uint32_t& best, uint32_t& idx) {
+  best = kLargest ? 0u : ~0u, idx = ~0u;
+  for (int32_t i = first; i < n; i += step) {
+    const uint32_t k = key(i);
+    if (idx == ~0u || (kLargest ? k > best : k < best)) best = k, idx = (uint32_t)i;
+  }
+}
+
+// The warp's extreme key among lanes with items, then the lowest index that
+// has it: ties go to the lowest index, as with packed 64-bit keys. Every lane
+// gets the result.
+template <bool kLargest>
+__device__ __forceinline__ uint32_t warp_arg(uint32_t best, uint32_t idx) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  // Lanes without items stand aside: 0 never exceeds a largest key, ~0u
+  // never undercuts a smallest one, and their index ~0u never wins.
+  const uint32_t m = kLargest ? __reduce_max_sync(0xffffffffu, idx == ~0u ? 0u : best)
+                              : __reduce_min_sync(0xffffffffu, best);
+  return __reduce_min_sync(0xffffffffu, idx != ~0u && best == m ? idx : ~0u);
+#else
+  // Packed (key, index) keys in one 64-bit butterfly; lanes without items
+  // hold the neutral key.
+  uint64_t v;
+  if (kLargest) {
+    v = idx == ~0u ? 0 : ((uint64_t)best << 32) | ~idx;
+    return ~(uint32_t)warp_reduce<true>(v);
+  }
+  v = idx == ~0u ? ~(uint64_t)0 : ((uint64_t)best << 32) | idx;
+  return (uint32_t)warp_reduce<false>(v);
+#endif
+}
+
 // One warp. Every lane of the warp must call each member (they use the full
 // mask).
 struct WarpTeam {
@@ -91,6 +127,18 @@ struct WarpTeam {
   template <typename F>
   __device__ uint64_t min_key(int32_t n, const F& key) const {
     return warp_reduce<false>(lane_extreme<false>(lane(), 32, n, key));
+  }
+  template <typename F>
+  __device__ int32_t arg_min(int32_t n, const F& key) const {
+    uint32_t best, idx;
+    lane_arg<false>(lane(), 32, n, key, best, idx);
+    return (int32_t)warp_arg<false>(best, idx);
+  }
+  template <typename F>
+  __device__ int32_t arg_max(int32_t n, const F& key) const {
+    uint32_t best, idx;
+    lane_arg<true>(lane(), 32, n, key, best, idx);
+    return (int32_t)warp_arg<true>(best, idx);
   }
 };
 
@@ -161,6 +209,14 @@ struct BlockTeam {
   __device__ uint64_t min_key(int32_t n, const F& key) const {
     const uint64_t v = lane_extreme<false>(threadIdx.x, blockDim.x, n, key);
     return across_warps<false>(warp_reduce<false>(v));
+  }
+  template <typename F>
+  __device__ int32_t arg_min(int32_t n, const F& key) const {
+    return (int32_t)(uint32_t)min_key(n, [&](int32_t i) { return ((uint64_t)key(i) << 32) | (uint32_t)i; });
+  }
+  template <typename F>
+  __device__ int32_t arg_max(int32_t n, const F& key) const {
+    return (int32_t)~(uint32_t)max_key(n, [&](int32_t i) { return ((uint64_t)key(i) << 32) | ~(uint32_t)i; });
   }
 
  private:
