@@ -138,8 +138,23 @@ def check_load_values(name: str, tensor: Tensor) -> None:
     if tensor.dtype in _UNSIGNED or tensor.numel() == 0:
         return
     flat = _first_bad(tensor)
-    if flat < 0:
-        return
+    if flat >= 0:
+        raise_bad_load(name, tensor, flat)
+
+
+def summed_checked_loads(name: str, tensor: Tensor) -> Tensor:
+    """The float32 ``[L, E]`` sums over the steps of CPU loads ``[S, L, E]``,
+    which the ``deepseek`` variants place exactly as they place the steps,
+    checked in the same pass; raises ValueError for a bad load as
+    ``check_load_values`` does."""
+    sums, flat = _ops.ops.sum_steps(tensor)
+    if flat >= 0:
+        raise_bad_load(name, tensor, flat)
+    return sums
+
+
+def raise_bad_load(name: str, tensor: Tensor, flat: int) -> None:
+    """Raises the ValueError for the bad load at flat index ``flat`` of ``tensor``."""
     index = []
     for size in reversed(tensor.shape):
         index.append(flat % size)

@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 
 from . import _ops, elasticity, migration
-from ._validate import check_int, check_load_values, check_loads, check_placement
+from ._validate import check_int, check_load_values, check_loads, check_placement, summed_checked_loads
 
 
 class EplbAlgorithm(Enum):
@@ -184,7 +184,13 @@ def rebalance_experts(
     compiling = torch.compiler.is_compiling()
     if check_values and tokens.device.type == "cpu":
         # While tracing, the CPU kernel's own check is the one that runs.
-        if not compiling:
+        if compiling:
+            pass
+        elif tokens.dim() == 3 and tokens.shape[0] != 1 and not algo.step_aware:
+            # The variants that place the sums over steps get them from the
+            # pass that checks the loads: the steps are read once.
+            tokens = summed_checked_loads("tokens_per_expert", tokens)
+        else:
             check_load_values("tokens_per_expert", tokens)
     elif check_values and tokens.device.type != "meta":
         if compiling:

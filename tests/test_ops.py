@@ -171,3 +171,35 @@ def test_outputs_are_fresh_tensors():
     b = eplb_ext.rebalance_experts(t, 24, 3, 4, 2, "deepseek_vec")
     assert all(x.data_ptr() != y.data_ptr() for x, y in zip(a, b))
     assert all(x.is_contiguous() for x in a)
+
+
+@pytest.mark.parametrize("dtype", [torch.int64, torch.int32, torch.uint8, torch.float32, torch.float16,
+                                   torch.bfloat16, torch.float64])
+def test_sum_steps_gives_what_the_placement_ops_place(dtype):
+    # The API places sum_steps' [L, E] sums instead of [S, L, E] steps for the
+    # deepseek variants: the sums must be the ones the ops compute, so that
+    # the placement is the same bit for bit.
+    t = _tokens(S=9, L=3, E=16, seed=4).clamp(max=250)
+    if dtype.is_floating_point:
+        t = t * 0.37 + 0.125  # values that do not add exactly
+    t = t.to(dtype)
+    sums, bad = ops.sum_steps(t)
+    assert bad == -1 and sums.dtype == torch.float32 and sums.shape == (3, 16)
+    if dtype.is_floating_point:
+        ref = torch.zeros(3, 16)
+        for s in range(t.shape[0]):
+            ref = ref + t[s].float()  # float32, step by step
+    else:
+        ref = t.to(torch.int64).sum(0).float()  # exact, rounded once
+    assert torch.equal(sums, ref)
+    view = t.transpose(0, 1).contiguous().transpose(0, 1)
+    assert torch.equal(ops.sum_steps(view)[0], sums)
+    for op in (ops.deepseek, ops.deepseek_mapped):
+        for C, N in ((4, 2), (1, 1)):
+            steps, summed = op(t, 24, 3, C, N), op(sums, 24, 3, C, N)
+            assert all(torch.equal(a, b) for a, b in zip(steps, summed))
+    if dtype != torch.uint8:
+        u = t.clone()
+        u[5, 2, 7] = -1
+        u[6, 0, 0] = -1
+        assert ops.sum_steps(u)[1] == (5 * 3 + 2) * 16 + 7

@@ -67,6 +67,27 @@ EPLB_HD int32_t load_fault(T v) {
   }
 }
 
+// 1 when load_fault(v) != kLoadOk, else 0, without branches, so that the
+// sums' loop vectorises: NaN fails every comparison, a value infinite in
+// float32 fails the bound, a negative one (-1e-300 in float64 too) fails
+// v >= 0, and -0 passes.
+template <typename T>
+EPLB_HD uint32_t load_is_bad(T v) {
+  if constexpr (std::is_integral<T>::value) {
+    if constexpr (std::is_signed<T>::value) return (uint32_t)(v < 0);
+    return 0u;
+  } else {
+    const float f = to_f32<T>(v);
+    bool nonneg;
+    if constexpr (std::is_floating_point<T>::value) {
+      nonneg = v >= 0;
+    } else {
+      nonneg = f >= 0.0f;
+    }
+    return (uint32_t)!(nonneg & (f <= 3.40282347e+38f));
+  }
+}
+
 // First faulty load of layer l in (step, expert) order, as s * E + e; -1 if
 // none.
 template <typename T>
@@ -76,9 +97,9 @@ EPLB_HD int64_t first_bad_load(const Loads<T>& t, int64_t l) {
     const T* row = t.data + s * t.ss + l * t.sl;
     int32_t any = 0;
     if (t.se == 1) {
-      for (int64_t e = 0; e < t.E; ++e) any |= load_fault(row[e]);
+      for (int64_t e = 0; e < t.E; ++e) any |= load_is_bad(row[e]);
     } else {
-      for (int64_t e = 0; e < t.E; ++e) any |= load_fault(row[e * t.se]);
+      for (int64_t e = 0; e < t.E; ++e) any |= load_is_bad(row[e * t.se]);
     }
     if (any == 0) continue;
     for (int64_t e = 0; e < t.E; ++e) {
@@ -105,7 +126,7 @@ EPLB_HD void add_row(const T* row, int64_t se, int64_t E, float* out, uint64_t* 
   } else {
     for (int64_t e = 0; e < E; ++e) {
       out[e] = out[e] + to_f32<T>(row[e * se]);
-      b |= (uint64_t)load_fault(row[e * se]);
+      b |= load_is_bad(row[e * se]);
     }
   }
   bits |= b;

@@ -8,6 +8,9 @@ STABLE_TORCH_LIBRARY(eplb_ext, m) {
   // CPU only: the flat index of the first negative, NaN or (as float32)
   // infinite load of [S, L, E] or [L, E] loads in index order, or -1.
   m.def("first_bad_load(Tensor loads) -> int");
+  // CPU only: the float32 [L, E] sums over steps the placement ops place,
+  // and first_bad_load's index (the sums are then meaningless).
+  m.def("sum_steps(Tensor loads) -> (Tensor, int)");
   // Returns (physical_to_logical_map, physical_rank, logical_count); the map
   // from experts to slots is built by logical_to_physical at a chosen width.
   m.def(

@@ -90,7 +90,7 @@ inline Tensor new_index(const Tensor& like, std::initializer_list<int64_t> shape
   } catch (const std::exception&) {
     // torch's own text names its C shim, not the tensor; say what failed.
     std::ostringstream dims;
-    int64_t bytes = dtype == ScalarType::Byte ? 1 : dtype == ScalarType::Int ? 4 : 8;
+    int64_t bytes = dtype == ScalarType::Byte ? 1 : dtype == ScalarType::Int || dtype == ScalarType::Float ? 4 : 8;
     const char* sep = "";
     for (int64_t n : shape) {
       dims << sep << n;
@@ -178,18 +178,27 @@ double load_as_double(T v) {
   }
 }
 
-// Raises for the first bad load in (step, layer, expert) order, given each
+// The first bad load in (step, layer, expert) order, which is the index
+// order of [S, L, E] (and of [L, E]), as a flat index, or -1; given each
 // layer's first bad (step, expert) as s * E + e (or -1).
 template <typename T>
-void report_bad_load(const Loads<T>& t, const int64_t* first_bad, const char* name,
-                     bool three_d) {
+int64_t first_bad_flat(const Loads<T>& t, const int64_t* first_bad) {
   int64_t bs = -1, bl = -1, be = -1;
   for (int64_t l = 0; l < t.L; ++l) {
     if (first_bad[l] < 0) continue;
     const int64_t s = first_bad[l] / t.E, e = first_bad[l] % t.E;
     if (bs < 0 || s < bs) bs = s, bl = l, be = e;
   }
-  if (bs < 0) return;
+  return bs < 0 ? -1 : (bs * t.L + bl) * t.E + be;
+}
+
+// Raises for the first bad load (first_bad_flat).
+template <typename T>
+void report_bad_load(const Loads<T>& t, const int64_t* first_bad, const char* name,
+                     bool three_d) {
+  const int64_t flat = first_bad_flat(t, first_bad);
+  if (flat < 0) return;
+  const int64_t be = flat % t.E, bl = flat / t.E % t.L, bs = flat / t.E / t.L;
   const T v = t.raw(bs, bl, be);
   const int32_t fault = load_fault(v);
   const char* what = fault == kLoadNaN ? "NaN" : fault == kLoadInf ? "infinite in float32" : "negative";

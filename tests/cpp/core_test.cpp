@@ -391,6 +391,25 @@ static void test_load_faults() {
   CHECK(load_fault(Half16{0x8000}) == kLoadOk);
   CHECK(load_fault(BFloat16{0xBF80}) == kLoadNegative);
   CHECK(f32_is_finite(3.4e38f) && !f32_is_finite(float_of(0x7F800000)) && !f32_is_finite(float_of(0x7FC00000)));
+  // The branch-free test the sums use agrees with load_fault everywhere:
+  // every half and bfloat16, and floats and doubles around each boundary.
+  int32_t disagree = 0;
+  for (uint32_t h = 0; h < 0x10000u; ++h) {
+    disagree += load_is_bad(Half16{(uint16_t)h}) != (uint32_t)(load_fault(Half16{(uint16_t)h}) != kLoadOk);
+    disagree += load_is_bad(BFloat16{(uint16_t)h}) != (uint32_t)(load_fault(BFloat16{(uint16_t)h}) != kLoadOk);
+  }
+  const double inf = std::numeric_limits<double>::infinity();
+  for (double v : {0.0, -0.0, 1.0, -1.0, -1e-300, 1e-300, 1e300, -1e300, 3.4e38, 3.4028235e38, 3.4028236e38,
+                   3.5e38, inf, -inf, std::numeric_limits<double>::quiet_NaN(), -std::numeric_limits<double>::quiet_NaN()}) {
+    disagree += load_is_bad(v) != (uint32_t)(load_fault(v) != kLoadOk);
+    disagree += load_is_bad((float)v) != (uint32_t)(load_fault((float)v) != kLoadOk);
+  }
+  for (int64_t v : {int64_t{0}, int64_t{-1}, int64_t{5}, std::numeric_limits<int64_t>::min()}) {
+    disagree += load_is_bad(v) != (uint32_t)(load_fault(v) != kLoadOk);
+    disagree += load_is_bad((int8_t)v) != (uint32_t)(load_fault((int8_t)v) != kLoadOk);
+    disagree += load_is_bad((uint64_t)v) != 0u;
+  }
+  CHECK(disagree == 0);
   CHECK(bits_of(neg_inf()) == 0xFF800000u);
 
   // first_bad_load: (step, expert) order within a layer, strided view.
