@@ -117,8 +117,22 @@ def check_placement(tokens: Tensor, P: int, k: int, C: int, N: int) -> None:
 def _first_bad(tensor: Tensor) -> int:
     """Flat index of the first bad load in index order, or -1."""
     if tensor.device.type == "cpu" and tensor.dim() in (2, 3):
-        # One pass in C++, which reports instead of raising.
-        return int(_ops.ops.first_bad_load(tensor))
+        # Along a dimension of stride 0 every element repeats the first, so
+        # the first bad load has index 0 there: scan only the distinct
+        # values (an expanded view may stand for far more loads than memory
+        # holds), in one pass in C++ that reports instead of raising.
+        distinct = tensor[tuple(slice(0, 1) if st == 0 else slice(None) for st in tensor.stride())]
+        flat = int(_ops.ops.first_bad_load(distinct))
+        if flat < 0 or distinct.shape == tensor.shape:
+            return flat
+        index = []
+        for size in reversed(distinct.shape):
+            index.append(flat % size)
+            flat //= size
+        flat = 0
+        for i, size in zip(reversed(index), tensor.shape):
+            flat = flat * size + i
+        return flat
     if tensor.dtype.is_floating_point:
         # A finite float64 beyond float32's range is infinite once converted.
         bad = ~torch.isfinite(tensor.float()) | (tensor < 0)

@@ -573,6 +573,9 @@ def _with_bad(t, index, value):
         (lambda: _with_bad(_t()[0], (2, 7), float("-inf")), ValueError, ("tokens_per_expert[2, 7]",)),
         (lambda: _with_bad(_t(dtype=torch.float64), (1, 0, 0), 1e300), ValueError, ("infinite in float32",)),
         (lambda: torch.ones(1, 2, E).expand(2**33, 2, E), ValueError, ("8589934592 steps",)),
+        # An expanded view: only its distinct values are scanned.
+        (lambda: _with_bad(torch.ones(1, 3, E), (0, 2, 5), -1.0).expand(2**20, 3, E), ValueError,
+         ("tokens_per_expert[0, 2, 5]",)),
     ],
 )
 def test_api_raises_load_errors_before_any_op(no_op_calls, algorithm, make, exc, fragments):

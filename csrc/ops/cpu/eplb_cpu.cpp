@@ -6,6 +6,8 @@
 #include <torch/csrc/stable/library.h>
 
 #include <algorithm>
+#include <memory>
+#include <new>
 #include <vector>
 
 #include "../../core/deepseek.h"
@@ -24,7 +26,13 @@ using torch::stable::Tensor;
 // the first in (step, layer, expert) order.
 class BadLoads {
  public:
-  explicit BadLoads(int64_t L) : first_(static_cast<size_t>(L), -1) {}
+  // L comes from the input's shape, which a strided view can make larger
+  // than memory: a failed allocation is a MemoryError, not an abort.
+  explicit BadLoads(int64_t L) : first_(new (std::nothrow) int64_t[static_cast<size_t>(L > 0 ? L : 1)]) {
+    EPLB_CHECK_MEMORY(first_ != nullptr, "could not allocate the per-layer records of ", L,
+                      " layers (", L, " x 8 bytes of host memory)");
+    std::fill(first_.get(), first_.get() + L, int64_t{-1});
+  }
   // Records layer l's result; true if the layer may be placed.
   bool ok(int64_t l, int64_t first_bad) {
     first_[static_cast<size_t>(l)] = first_bad;
@@ -32,15 +40,15 @@ class BadLoads {
   }
   template <typename T>
   void report(const Loads<T>& t, const char* name, bool three_d) const {
-    report_bad_load(t, first_.data(), name, three_d);
+    report_bad_load(t, first_.get(), name, three_d);
   }
   template <typename T>
   int64_t first(const Loads<T>& t) const {
-    return first_bad_flat(t, first_.data());
+    return first_bad_flat(t, first_.get());
   }
 
  private:
-  std::vector<int64_t> first_;
+  std::unique_ptr<int64_t[]> first_;
 };
 
 // Every layer's sums over steps (load_layer), [L, E]. When the layers of a
