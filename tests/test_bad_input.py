@@ -229,6 +229,7 @@ def test_output_too_large(algorithm):
         rebalance(big, 2**30, 1, 1, 1, algorithm)
 
 
+@pytest.mark.cpp_raises
 def test_huge_allocation_fails_cleanly():
     # Addressable but not allocatable: an error, never a crash.
     big = torch.zeros(1, 1, 1).expand(1, 2**40, 8)
@@ -392,6 +393,7 @@ def _tagged(kind, *fragments):
     return raises_with(RuntimeError, f"[eplb_ext {kind}]", *fragments)
 
 
+@pytest.mark.cpp_raises
 @pytest.mark.parametrize("op", ["deepseek", "deepseek_vec"])
 def test_raw_placement_ops(op):
     f = getattr(ops, op)
@@ -450,6 +452,7 @@ def test_raw_placement_ops(op):
         f(t.tolist(), P, k, C, N)
 
 
+@pytest.mark.cpp_raises
 def test_raw_op_errors_map_to_python_classes():
     from eplb_ext import _ops
 
@@ -492,6 +495,7 @@ def test_raw_building_block_ops():
         ops.balanced_packing(bad, 4)
 
 
+@pytest.mark.cpp_raises
 def test_raw_logical_to_physical():
     p2l = torch.zeros(2, 8, dtype=torch.int64)
     rank = torch.arange(8).expand(2, 8).contiguous()

@@ -147,6 +147,7 @@ def test_sensitive_to_ties():
     assert sorted(l2p[0, 1, :2].tolist()) == sorted(i for i, e in enumerate(p2l[0].tolist()) if e == 1)
 
 
+@pytest.mark.cpp_raises
 def test_rejects_bad_arguments():
     x = torch.ones(2, 16)
     with raises_with(ValueError, "width=4"):

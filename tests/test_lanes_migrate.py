@@ -115,6 +115,7 @@ def test_lanes_match_on_odd_previous_maps():
                  active=torch.tensor([1, 1, 0, 1, 1, 1, 0, 1, 1], dtype=torch.bool))
 
 
+@pytest.mark.cpp_raises
 def test_width_is_checked():
     E, P, k = 16, 24, 3
     tokens = loads(1, 2, E, 51)

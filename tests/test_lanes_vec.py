@@ -148,6 +148,7 @@ def test_picks_follow_the_steps():
         assert cnt.tolist() == [[2, 1, 1, 1]]
 
 
+@pytest.mark.cpp_raises
 def test_rejects_bad_width_and_loads():
     t = make_loads("skewed", 2, 2, 16, seed=0)
     with raises_with(ValueError, "width=3"):

@@ -21,6 +21,7 @@ rebalance = eplb_ext.rebalance_experts
 
 
 
+@pytest.mark.cpp_raises
 def test_packs_beyond_the_items_are_rejected():
     # next_pow2 of this pack count used to overflow and loop forever.
     with raises_with(ValueError, "num_packs=1073741825", "exceeds the number of items 0"):
@@ -43,6 +44,7 @@ def test_steps_beyond_int32_are_rejected_before_reading(algorithm):
         rebalance(tokens, 16, 2, 4, 2, algorithm)
 
 
+@pytest.mark.cpp_raises
 @pytest.mark.parametrize("algorithm", ["deepseek_vec", "deepseek_vec_hierarchical"])
 def test_scratch_that_cannot_be_allocated_is_a_memory_error(algorithm):
     # 2**30 steps of the step-aware variants need ~100 GiB of scratch per layer.
@@ -51,6 +53,7 @@ def test_scratch_that_cannot_be_allocated_is_a_memory_error(algorithm):
         rebalance(tokens, 16, 2, 4, 2, algorithm)
 
 
+@pytest.mark.cpp_raises
 def test_outputs_that_cannot_be_allocated_are_a_memory_error():
     # phy2log alone would be [2**20, 2**30] int32: 4 PiB.
     tokens = torch.ones(2**20, 4)
@@ -73,6 +76,7 @@ def test_two_dimensional_loads_report_two_dimensional_indices():
             rebalance(bad, 4, 2, None, None, algorithm)
 
 
+@pytest.mark.cpp_raises
 def test_logical_to_physical_errors_are_translated():
     p2l, rank, cnt = ops.deepseek(torch.rand(2, 8), 12, 3, 1, 1)
     with raises_with(TypeError, "physical_to_logical_map", "int64"):

@@ -99,6 +99,7 @@ def _op(prev=GOOD, active=None, **kw):
     return ops.migrate(TOKENS, p2l, rank, prev, act, args["k"], args["C"], args["N"], args["max_moves"], args["gain"])
 
 
+@pytest.mark.cpp_raises
 @pytest.mark.parametrize(
     "call,fragments",
     [
