@@ -48,13 +48,10 @@ def check_int(name: str, value: object, *, allow_none: bool = False, minimum: in
     return value
 
 
-def check_loads(
-    name: str, tensor: object, dims: tuple, *, values_on_device: bool = False, values: bool = False
-) -> Tensor:
+def check_loads(name: str, tensor: object, dims: tuple) -> Tensor:
     """Checks type, rank, layout and dtype of a load tensor; widens float8 to
-    float32. Also checks the values (``check_load_values``) with ``values``,
-    or with ``values_on_device`` for a tensor that is not on the CPU (the CPU
-    ops check values themselves)."""
+    float32. The values are checked apart (``check_load_values``), once the
+    other arguments are known to be good."""
     if not isinstance(tensor, Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(tensor).__name__}")
     if tensor.dim() not in dims:
@@ -66,8 +63,6 @@ def check_loads(
         raise TypeError(f"{name} has dtype {tensor.dtype}; loads must be an integer or floating dtype")
     if tensor.dtype in _WIDEN_TO_FLOAT32:
         tensor = tensor.float()
-    if values or (values_on_device and tensor.device.type != "cpu"):
-        check_load_values(name, tensor)
     return tensor
 
 
