@@ -14,7 +14,8 @@ For a raw case that crashes, the dynamic linker's binding of the unwinder's
 entry points and the shared libraries loaded with an unwinder in them are
 recorded too: a process that binds _Unwind_RaiseException to another unwinder
 than libgcc_s's is a known cause of C++ exceptions ending in a segfault.
-Exit status 0 when the api cases raise ValueError.
+ERROR_PROBE_ALL=1 records those details even when every case raises (to try
+the probe itself). Exit status 0 when the api cases raise ValueError.
 """
 
 import argparse
