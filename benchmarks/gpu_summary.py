@@ -61,13 +61,15 @@ def junit_counts(path: Path) -> Optional[Dict[str, int]]:
 
 _ERROR_SUMMARY = re.compile(r"ERROR SUMMARY: (\d+) errors?")
 _HAZARDS = re.compile(r"RACECHECK SUMMARY: .*")
+# racecheck ends with this line only, no ERROR SUMMARY.
+_HAZARD_ERRORS = re.compile(r"RACECHECK SUMMARY: \d+ hazards? displayed \((\d+) errors?,")
 
 
 def sanitizer_result(log: Path) -> Dict:
     """Error count and summary lines from a compute-sanitizer log, and
     whether the driver script itself got through all its calls."""
     text = log.read_text(errors="replace") if log.exists() else ""
-    counts = [int(m) for m in _ERROR_SUMMARY.findall(text)]
+    counts = [int(m) for m in _ERROR_SUMMARY.findall(text)] or [int(m) for m in _HAZARD_ERRORS.findall(text)]
     lines = [m.group(0).strip("= ").strip() for m in re.finditer(r"=+ (ERROR SUMMARY: .*)", text)]
     lines += [m.group(0).strip() for m in _HAZARDS.finditer(text)]
     return dict(

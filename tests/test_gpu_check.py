@@ -164,8 +164,9 @@ def _outdir(tmp_path: Path, memcheck_errors: int = 0, bench: bool = True) -> Pat
     _junit(out / "tests.xml", 320, skipped=2)
     _junit(out / "tests_marked.xml", 0)
     (out / "memcheck.log").write_text(f"ok    deepseek\nall calls ran\n========= ERROR SUMMARY: {memcheck_errors} errors\n")
+    # As racecheck writes it: no ERROR SUMMARY line.
     (out / "racecheck.log").write_text("all calls ran\n========= RACECHECK SUMMARY: 0 hazards displayed (0 errors, "
-                                       "0 warnings)\n========= ERROR SUMMARY: 0 errors\n")
+                                       "0 warnings)\n")
     (out / "synccheck.log").write_text("ok    balanced_packing\n")  # killed by the timeout
     if bench:
         rows = [_row()]
@@ -184,6 +185,7 @@ def test_summary_counts_and_verdicts(tmp_path):
     san = s["sanitizers"]
     assert san["memcheck"]["ok"] and san["memcheck"]["errors"] == 0
     assert san["racecheck"]["ok"] and any("RACECHECK SUMMARY" in line for line in san["racecheck"]["summary"])
+    assert san["racecheck"]["errors"] == 0
     assert san["synccheck"]["timed_out"] and not san["synccheck"]["ok"] and san["synccheck"]["errors"] is None
     assert s["targets_met"] is True
     assert s["errors"]["ok"] and s["errors"]["api_raises"] and s["errors"]["raw_raises"] is False
