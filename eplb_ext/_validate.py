@@ -109,33 +109,33 @@ def check_placement(tokens: Tensor, P: int, k: int, C: int, N: int) -> None:
         raise broken[0](broken[1])
 
 
-def _first_bad(tensor: Tensor) -> int:
-    """Flat index of the first bad load in index order, or -1."""
+def _unravel(flat: int, shape) -> Tuple[int, ...]:
+    index = []
+    for size in reversed(shape):
+        index.append(flat % size)
+        flat //= size
+    return tuple(reversed(index))
+
+
+def _first_bad(tensor: Tensor) -> Optional[Tuple[int, ...]]:
+    """Index of the first bad load in index order, or None."""
     if tensor.device.type == "cpu" and tensor.dim() in (2, 3):
         # Along a dimension of stride 0 every element repeats the first, so
         # the first bad load has index 0 there: scan only the distinct
         # values (an expanded view may stand for far more loads than memory
-        # holds), in one pass in C++ that reports instead of raising.
+        # holds), whose indices are the tensor's, in one pass in C++ that
+        # reports instead of raising.
         distinct = tensor[tuple(slice(0, 1) if st == 0 else slice(None) for st in tensor.stride())]
         flat = int(_ops.ops.first_bad_load(distinct))
-        if flat < 0 or distinct.shape == tensor.shape:
-            return flat
-        index = []
-        for size in reversed(distinct.shape):
-            index.append(flat % size)
-            flat //= size
-        flat = 0
-        for i, size in zip(reversed(index), tensor.shape):
-            flat = flat * size + i
-        return flat
+        return None if flat < 0 else _unravel(flat, distinct.shape)
     if tensor.dtype.is_floating_point:
         # A finite float64 beyond float32's range is infinite once converted.
         bad = ~torch.isfinite(tensor.float()) | (tensor < 0)
     else:
         bad = tensor < 0
     if not bool(bad.any()):
-        return -1
-    return int(bad.reshape(-1).nonzero()[0, 0])
+        return None
+    return _unravel(int(bad.reshape(-1).nonzero()[0, 0]), tensor.shape)
 
 
 def check_load_values(name: str, tensor: Tensor) -> None:
@@ -146,9 +146,9 @@ def check_load_values(name: str, tensor: Tensor) -> None:
     """
     if tensor.dtype in _UNSIGNED or tensor.numel() == 0:
         return
-    flat = _first_bad(tensor)
-    if flat >= 0:
-        raise_bad_load(name, tensor, flat)
+    index = _first_bad(tensor)
+    if index is not None:
+        raise_bad_load(name, tensor, index)
 
 
 def summed_checked_loads(name: str, tensor: Tensor) -> Tensor:
@@ -158,18 +158,13 @@ def summed_checked_loads(name: str, tensor: Tensor) -> Tensor:
     ``check_load_values`` does."""
     sums, flat = _ops.ops.sum_steps(tensor)
     if flat >= 0:
-        raise_bad_load(name, tensor, flat)
+        raise_bad_load(name, tensor, _unravel(flat, tensor.shape))
     return sums
 
 
-def raise_bad_load(name: str, tensor: Tensor, flat: int) -> None:
-    """Raises the ValueError for the bad load at flat index ``flat`` of ``tensor``."""
-    index = []
-    for size in reversed(tensor.shape):
-        index.append(flat % size)
-        flat //= size
-    index.reverse()
-    value = tensor[tuple(index)].item()
+def raise_bad_load(name: str, tensor: Tensor, index: Tuple[int, ...]) -> None:
+    """Raises the ValueError for the bad load at ``index`` of ``tensor``."""
+    value = tensor[index].item()
     as_f32 = torch.tensor(value, dtype=torch.float32).item() if isinstance(value, float) else value
     if value != value:
         what = "NaN"

@@ -182,17 +182,15 @@ def rebalance_experts(
     active = elasticity.active_gpus(active_ranks, G, k, num_experts, algo)
     # Meta tensors have no values; while tracing, values cannot be read.
     compiling = torch.compiler.is_compiling()
-    if check_values and tokens.device.type == "cpu":
-        # While tracing, the CPU kernel's own check is the one that runs.
-        if compiling:
-            pass
-        elif tokens.dim() == 3 and tokens.shape[0] != 1 and not algo.step_aware:
+    # While tracing, the CPU kernel's own check is the one that runs.
+    if check_values and tokens.device.type == "cpu" and not compiling:
+        if tokens.dim() == 3 and tokens.shape[0] != 1 and not algo.step_aware:
             # The variants that place the sums over steps get them from the
             # pass that checks the loads: the steps are read once.
             tokens = summed_checked_loads("tokens_per_expert", tokens)
         else:
             check_load_values("tokens_per_expert", tokens)
-    elif check_values and tokens.device.type != "meta":
+    elif check_values and tokens.device.type not in ("cpu", "meta"):
         if compiling:
             raise ValueError(
                 "check_values=True reads a boolean on the host, which cannot be traced (torch.compile); "
