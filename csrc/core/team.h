@@ -36,6 +36,19 @@
 
 namespace eplb {
 
+// arg_min / arg_max made of a team's 64-bit key reductions: keys pack
+// (key, index) for the smallest and (key, ~index) for the largest, so ties
+// go to the lowest index. LaneTeam and BlockTeam use them; a warp has its
+// own (team.cuh).
+template <typename Team, typename F>
+EPLB_HD int32_t packed_arg_min(const Team& team, int32_t n, const F& key) {
+  return (int32_t)(uint32_t)team.min_key(n, [&](int32_t i) { return ((uint64_t)key(i) << 32) | (uint32_t)i; });
+}
+template <typename Team, typename F>
+EPLB_HD int32_t packed_arg_max(const Team& team, int32_t n, const F& key) {
+  return (int32_t)~(uint32_t)team.max_key(n, [&](int32_t i) { return ((uint64_t)key(i) << 32) | ~(uint32_t)i; });
+}
+
 template <int W>
 struct LaneTeam {
   static_assert(W >= 1 && (W & (W - 1)) == 0, "W must be a power of two");
@@ -87,11 +100,11 @@ struct LaneTeam {
   }
   template <typename F>
   int32_t arg_min(int32_t n, const F& key) const {
-    return (int32_t)(uint32_t)min_key(n, [&](int32_t i) { return ((uint64_t)key(i) << 32) | (uint32_t)i; });
+    return packed_arg_min(*this, n, key);
   }
   template <typename F>
   int32_t arg_max(int32_t n, const F& key) const {
-    return (int32_t)~(uint32_t)max_key(n, [&](int32_t i) { return ((uint64_t)key(i) << 32) | ~(uint32_t)i; });
+    return packed_arg_max(*this, n, key);
   }
 
  private:

@@ -7,6 +7,7 @@
 #include <torch/headeronly/core/ScalarType.h>
 
 #include <sstream>
+#include <vector>
 #include <string>
 #include <type_traits>
 
@@ -208,6 +209,15 @@ void report_bad_load(const Loads<T>& t, const int64_t* first_bad, const char* na
   }
   fail("ValueError", name, "[", bs, ", ", bl, ", ", be, "] = ", load_as_double(v), " is ",
        what, "; loads must be finite and >= 0");
+}
+
+// Raises for the first bad load of t, every layer scanned on this thread
+// (the ops that do not check the loads in a pass they make anyway).
+template <typename T>
+void check_every_load(const Loads<T>& t, const char* name, bool three_d) {
+  std::vector<int64_t> first(static_cast<size_t>(t.L));
+  for (int64_t l = 0; l < t.L; ++l) first[static_cast<size_t>(l)] = first_bad_load(t, l);
+  report_bad_load(t, first.data(), name, three_d);
 }
 
 }  // namespace eplb

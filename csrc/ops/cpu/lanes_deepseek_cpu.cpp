@@ -47,9 +47,7 @@ std::tuple<Tensor, Tensor, Tensor> lanes_deepseek_cpu(Tensor tokens, int64_t P, 
   dispatch_loads(tokens, "tokens_per_expert", [&](auto tag) {
     using T = decltype(tag);
     const Loads<T> t = make_loads<T>(tokens);
-    std::vector<int64_t> first(static_cast<size_t>(a.L));
-    for (int64_t l = 0; l < a.L; ++l) first[static_cast<size_t>(l)] = first_bad_load(t, l);
-    report_bad_load(t, first.data(), "tokens_per_expert", tokens.dim() == 3);
+    check_every_load(t, "tokens_per_expert", tokens.dim() == 3);
     const DeepseekDims d{(int32_t)a.E, (int32_t)a.P, (int32_t)a.C, (int32_t)a.N, (int32_t)a.G};
     auto run = width == 1 ? &lanes_layers<1, T> : &lanes_layers<32, T>;
     run(t, d, X, ptr<int64_t>(phy2log), ptr<int64_t>(rank), ptr<int64_t>(logcnt),

@@ -51,9 +51,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> migrate_team(Tensor tokens, Tensor ph
   dispatch_loads(tokens, "tokens_per_expert", [&](auto tag) {
     using T = decltype(tag);
     const Loads<T> t = make_loads<T>(tokens);
-    std::vector<int64_t> bad(static_cast<size_t>(t.L), -1);
-    for (int64_t l = 0; l < t.L; ++l) bad[l] = first_bad_load(t, l);
-    report_bad_load(t, bad.data(), "tokens_per_expert", tokens.dim() == 3);
+    check_every_load(t, "tokens_per_expert", tokens.dim() == 3);
     const int64_t core = migrate_scratch(d, nullptr, nullptr);
     const int64_t bytes = core + (int64_t)(sizeof(float) + sizeof(Sum128)) * (a.E + 1);
     const int64_t work = a.P * (a.G + 2 * a.k) * (max_moves > 0 ? max_moves : 1);

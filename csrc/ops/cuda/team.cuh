@@ -212,11 +212,11 @@ struct BlockTeam {
   }
   template <typename F>
   __device__ int32_t arg_min(int32_t n, const F& key) const {
-    return (int32_t)(uint32_t)min_key(n, [&](int32_t i) { return ((uint64_t)key(i) << 32) | (uint32_t)i; });
+    return packed_arg_min(*this, n, key);
   }
   template <typename F>
   __device__ int32_t arg_max(int32_t n, const F& key) const {
-    return (int32_t)~(uint32_t)max_key(n, [&](int32_t i) { return ((uint64_t)key(i) << 32) | ~(uint32_t)i; });
+    return packed_arg_max(*this, n, key);
   }
 
  private:
