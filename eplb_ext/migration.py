@@ -98,9 +98,17 @@ def check_options(
     return Plan(previous.to(torch.int64).contiguous(), -1 if max_moves is None else int(max_moves), gain)
 
 
-def replica_ranks(log2phy: Tensor, num_physical_experts: int) -> Tensor:
+def replica_ranks(log2phy: Tensor, num_physical_experts: int, count: Optional[Tensor] = None) -> Tensor:
     """Replica rank of every slot from ``logical_to_physical_map [L, E, X]``:
-    int64 ``[L, P]``, -1 for a slot in no entry (inactive GPUs)."""
+    int64 ``[L, P]``, -1 for a slot in no entry (inactive GPUs).
+
+    ``count`` (``[L, E]``, the variant's replica counts) lets a CPU call read
+    only the columns below the largest count: the rest are -1 padding, and a
+    fixed-width map (X = P - E + 1) is mostly padding. On other devices that
+    would cost a host read, so all X columns are scattered there.
+    """
+    if count is not None and log2phy.device.type == "cpu" and count.numel() > 0:
+        log2phy = log2phy[:, :, : max(1, min(int(count.max()), log2phy.shape[2]))]
     L, E, X = log2phy.shape
     P = num_physical_experts
     l2p = log2phy.to(torch.int64).reshape(L, E * X)
@@ -153,7 +161,7 @@ def migrate(
     L, P = phy2log.shape
     E = log2phy.shape[1]
     k = num_local_physical_experts
-    ranks = replica_ranks(log2phy, P) if ranks is None else ranks.to(torch.int64).contiguous()
+    ranks = replica_ranks(log2phy, P, outputs[2]) if ranks is None else ranks.to(torch.int64).contiguous()
     act = _active_tensor(active, P // k, tokens.device)
     new_p2l, new_rank, count, info = _ops.call(
         _ops.ops.migrate, tokens, phy2log.to(torch.int64).contiguous(), ranks, plan.previous, act,

@@ -285,6 +285,27 @@ def test_inactive_gpus_at_the_op():
         assert got == sum(len(s) for s in f_sets) - max_overlap_dp(f_sets, q_sets)
 
 
+@pytest.mark.parametrize("fixed_width", [True, False])
+def test_replica_ranks_read_only_the_counted_columns(fixed_width):
+    """With the counts, replica_ranks reads the columns below the largest
+    count only; the ranks are those of the whole map, which name each
+    slot's position in its expert's row."""
+    E, P, k, C, N = 16, 40, 4, 4, 2
+    tokens = loads(3, E, 81, S=2)
+    tokens[1, 0] *= 50  # one hot expert: many replicas, a wide row
+    p2l, l2p, cnt = rebalance(tokens, P, k, C, N, "deepseek_vec", fixed_width=fixed_width)
+    whole = migration.replica_ranks(l2p, P)
+    assert torch.equal(migration.replica_ranks(l2p, P, cnt), whole)
+    for layer in range(3):
+        for slot in range(P):
+            e = int(p2l[layer, slot])
+            assert int(l2p[layer, e, int(whole[layer, slot])]) == slot
+    # A slot in no row (an inactive GPU's filler) keeps -1 either way.
+    l2p_gap = torch.where(l2p == 5, -1, l2p)
+    assert torch.equal(migration.replica_ranks(l2p_gap, P, cnt), migration.replica_ranks(l2p_gap, P))
+    assert bool((migration.replica_ranks(l2p_gap, P, cnt)[:, 5] == -1).all())
+
+
 def test_deterministic_across_runs_and_threads():
     E, P, k, C, N = 64, 80, 5, 8, 2
     old = loads(12, E, 61, S=4)
