@@ -81,7 +81,16 @@ def _pick_tensor(obj: object, path: str) -> Tensor:
             raise CliError(f"{path}: the loads are not a rectangular array of numbers ({_first_line(exc)})") from None
     if not isinstance(obj, Tensor):
         raise CliError(f"{path}: expected a tensor of loads, found {type(obj).__name__}")
-    return obj
+    return _dense(obj, path)
+
+
+def _dense(t: Tensor, path: str) -> Tensor:
+    """``t`` if it is an ordinary dense tensor with values, else a CliError:
+    a sparse, quantized or meta tensor cannot be loads nor a placement."""
+    if t.layout != torch.strided or t.is_quantized or t.is_meta:
+        kind = "a meta" if t.is_meta else "a quantized" if t.is_quantized else f"a {t.layout}"
+        raise CliError(f"{path}: holds {kind} tensor; save an ordinary dense tensor of numbers")
+    return t
 
 
 def _read_pt(path: str) -> object:
@@ -126,6 +135,8 @@ def _read_json(path: str) -> object:
             return json.load(f)
     except (ValueError, UnicodeDecodeError) as exc:
         raise CliError(f"{path}: not valid JSON ({_first_line(exc)})") from None
+    except RecursionError:
+        raise CliError(f"{path}: JSON nested too deeply to read") from None
 
 
 def _read_safetensors(path: str) -> object:
@@ -185,7 +196,8 @@ def read_placement(path: str) -> Tensor:
     data = _read_file(path, OUTPUT_FORMATS, "placement", hint)
     if not isinstance(data, dict) or "physical_to_logical_map" not in data:
         raise CliError(f"{path}: has no 'physical_to_logical_map'", hint=hint)
-    return _pick_tensor(data["physical_to_logical_map"], path)
+    previous = data["physical_to_logical_map"]
+    return _dense(previous, path) if isinstance(previous, Tensor) else _pick_tensor(previous, path)
 
 
 def check_previous(path: str, previous: Tensor, num_layers: int, num_slots: int, num_experts: int) -> Tensor:
@@ -198,15 +210,18 @@ def check_previous(path: str, previous: Tensor, num_layers: int, num_slots: int,
         raise CliError(f"{path}: placement of shape {tuple(previous.shape)} does not fit "
                        f"{num_layers} layers x {num_slots} slots",
                        hint="give the placement written for this model and --num-physical-experts")
-    bad = ((previous < -1) | (previous >= num_experts)).nonzero()
+    # Unsigned ids beyond int64 wrap to negative ones here, so they fail the
+    # range check too (torch compares no uint64 tensors on the CPU).
+    wide = previous.to(torch.int64)
+    bad = ((wide < -1) | (wide >= num_experts)).nonzero()
     if len(bad) > 0:
         layer, slot = bad[0].tolist()
         raise CliError(
-            f"{path}: placement holds expert {int(previous[layer, slot])} (layer {layer}, slot {slot}), "
+            f"{path}: placement holds expert {previous[layer, slot].item()} (layer {layer}, slot {slot}), "
             f"but the loads have {num_experts} experts (ids 0..{num_experts - 1}, or -1 for an empty slot)",
             hint="give the placement written for this model's loads, or leave out --previous",
         )
-    return previous.to(torch.int64)
+    return wide
 
 
 def drop_zero_steps(tokens: Tensor, drop: bool) -> Tuple[Tensor, Optional[str]]:

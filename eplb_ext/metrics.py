@@ -74,7 +74,14 @@ def expert_load(load: Tensor) -> Tensor:
     if load.dim() == 3:
         # Integers: exact int64 sum, one conversion; floats: float64 sum.
         load = load.sum(dim=0, dtype=_F64 if load.is_floating_point() else _I64)
-    return load.to(_F64)
+    load = load.to(_F64)
+    if load.numel() > 0 and bool(load.isnan().any()):
+        raise ValueError("load holds NaN: a placement has no balancedness on it")
+    return load
+
+
+def _describe(x: object) -> str:
+    return f"shape {tuple(x.shape)}" if isinstance(x, Tensor) else type(x).__name__
 
 
 def _check_map(phy2log: Tensor, num_layers: int, num_experts: Optional[int], num_gpus: int) -> Tensor:
@@ -107,7 +114,17 @@ def replica_counts(physical_to_logical_map: Tensor, num_experts: int) -> Tensor:
         physical_to_logical_map: ``[L, P]`` integer, ids in ``[0, num_experts)``.
         num_experts: E.
     """
-    phy2log = physical_to_logical_map.to(_I64)
+    if isinstance(num_experts, bool) or not isinstance(num_experts, int) or num_experts < 0:
+        raise ValueError(f"num_experts must be an integer >= 0, got {num_experts!r}")
+    if not isinstance(physical_to_logical_map, Tensor):
+        raise TypeError(f"physical_to_logical_map must be a torch.Tensor, got {type(physical_to_logical_map).__name__}")
+    phy2log = _check_map(physical_to_logical_map, physical_to_logical_map.shape[0] if physical_to_logical_map.dim() == 2
+                         else -1, num_experts, 1)
+    return _counts(phy2log, num_experts)
+
+
+def _counts(phy2log: Tensor, num_experts: int) -> Tensor:
+    """replica_counts of a checked int64 map."""
     counts = torch.zeros(phy2log.shape[0], num_experts, dtype=_I64, device=phy2log.device)
     return counts.scatter_add_(1, phy2log, torch.ones_like(phy2log))
 
@@ -119,7 +136,7 @@ def _slot_loads(w: Tensor, phy2log: Tensor) -> Tensor:
     and an expert without any slot is an error (its load would vanish).
     """
     E = w.shape[-1]
-    counts = replica_counts(phy2log, E)
+    counts = _counts(phy2log, E)
     if E > 0 and bool((counts == 0).any()):
         layer, expert = (int(i) for i in (counts == 0).nonzero()[0])
         raise ValueError(f"expert {expert} has no slot in layer {layer}; not a valid placement")
@@ -149,13 +166,16 @@ def gpu_loads(
     GPU load = sum over its slots of ``w[expert] / count[expert]``.
     """
     if per_step:
-        if not isinstance(load, Tensor) or load.dim() != 3:
+        if not isinstance(load, Tensor):
+            raise TypeError(f"load must be a torch.Tensor, got {type(load).__name__}")
+        if load.dim() != 3:
             raise ValueError("per_step=True needs a [S, L, E] load")
+        expert_load(load)  # the dtype and value checks
         w = load.to(_F64)
     else:
         w = expert_load(load)
     L, E = w.shape[-2:]
-    phy2log = _check_map(physical_to_logical_map.to(w.device), L, E, num_gpus)
+    phy2log = _check_map(physical_to_logical_map, L, E, num_gpus).to(w.device)
     gpus = num_gpus
     if active_ranks is not None:
         from .elasticity import active_flags
@@ -193,6 +213,8 @@ def step_balancedness(tokens: Tensor, physical_to_logical_map: Tensor, num_gpus:
     slowest GPU (what the step-aware ``deepseek_vec`` variants aim at). Equal
     to ``balancedness`` for S = 1; 1.0 for a layer without load.
     """
+    if not isinstance(tokens, Tensor):
+        raise TypeError(f"tokens must be a torch.Tensor, got {type(tokens).__name__}")
     if tokens.dim() == 2:
         tokens = tokens.unsqueeze(0)
     loads = gpu_loads(tokens, physical_to_logical_map, num_gpus, per_step=True)  # [S, L, G]
@@ -220,6 +242,11 @@ def overall_balancedness(gpu_load: Tensor, reference_max: Optional[Tensor] = Non
     Returns ``OverallBalancedness(mean, aggregate)``; 1.0 for both when there
     are no layers or no load at all.
     """
+    if not isinstance(gpu_load, Tensor) or gpu_load.dim() != 2:
+        raise TypeError(f"gpu_load must be a [L, G] torch.Tensor, got {_describe(gpu_load)}")
+    if gpu_load.dtype == torch.bool or gpu_load.is_complex():
+        raise TypeError(f"gpu_load has dtype {gpu_load.dtype}; expected an integer or floating dtype")
+    gpu_load = gpu_load.to(_F64)
     mean = gpu_load.mean(dim=-1)
     peak = gpu_load.amax(dim=-1) if reference_max is None else reference_max.to(mean)
     per_layer = torch.where(peak > 0, mean / torch.where(peak > 0, peak, 1.0), 1.0)
@@ -252,14 +279,48 @@ def lower_bound(load: Tensor, num_physical_experts: int, num_gpus: int) -> Tenso
         raise ValueError(f"num_physical_experts={P} is smaller than the number of experts {E}")
     if num_gpus < 1:
         raise ValueError(f"num_gpus={num_gpus} must be a positive integer")
-    counts = torch.ones_like(w)
+    if E == 0:
+        return w.new_zeros(L)
+    # Greedy replication: one extra slot at a time to the expert with the
+    # largest load per replica. P - E is small (tens) in every deployment;
+    # when it exceeds E, most slots are given at once (_greedy_counts).
+    counts = _greedy_counts(w, P) if P - E > E else torch.ones_like(w)
+    left = P - counts.sum(dim=-1)
     rows = torch.arange(L, device=w.device)
-    # One extra slot at a time to the expert with the largest load per
-    # replica; P - E is small (tens) in every real deployment.
-    for _ in range(P - E):
-        counts[rows, (w / counts).argmax(dim=-1)] += 1
-    per_replica = (w / counts).amax(dim=-1) if E > 0 else w.new_zeros(L)
+    for i in range(int(left.max())):
+        pick = (w / counts).argmax(dim=-1)
+        take = left > i
+        counts[rows[take], pick[take]] += 1
+    per_replica = (w / counts).amax(dim=-1)
     return torch.maximum(w.sum(dim=-1) / num_gpus, per_replica)
+
+
+def _greedy_counts(w: Tensor, P: int) -> Tensor:
+    """Replica counts (float64 ``[L, E]``) that greedy replication into at
+    most P slots passes through, found without a step per slot.
+
+    The greedy gives a slot only to an expert whose load per replica is the
+    largest, so it passes through the counts c = max(1, ceil(w / m)) of any
+    threshold m whose counts fit: w / c <= m for every expert and
+    w / (c - 1) > m for every expert with c > 1 (as float64 divisions, the
+    greedy's comparisons). A bisection per layer finds an m close to the
+    smallest that fits; the counts are repaired where ceil rounded across
+    the threshold. A layer whose repaired counts do not fit keeps one
+    replica per expert, and the caller's loop places all of its slots.
+    """
+    hi = w.amax(dim=-1)
+    hi = torch.where(hi > 0, hi, torch.ones_like(hi))  # every count 1: E <= P slots
+    lo = torch.zeros_like(hi)
+    for _ in range(64):
+        mid = (lo + hi) / 2
+        fits = torch.ceil(w / mid[:, None]).clamp(min=1).sum(dim=-1) <= P
+        hi, lo = torch.where(fits, mid, hi), torch.where(fits, lo, mid)
+    m = hi[:, None]
+    c = torch.ceil(w / m).clamp(min=1)
+    c = torch.where(w / c > m, c + 1, c)
+    c = torch.where((c > 1) & (w / (c - 1).clamp(min=1) <= m), c - 1, c)
+    fits = (c.sum(dim=-1) <= P)[:, None]
+    return torch.where(fits, c, torch.ones_like(c))
 
 
 def bound_balancedness(load: Tensor, num_physical_experts: int, num_gpus: int) -> Tensor:
@@ -284,6 +345,12 @@ def trivial_placement(
     experts 0, 1, ... again. Returns int64 ``[P]``, or ``[num_layers, P]``
     (the same row for every layer) when ``num_layers`` is given.
     """
+    for name, v in (("num_experts", num_experts), ("num_physical_experts", num_physical_experts),
+                    ("num_layers", 0 if num_layers is None else num_layers)):
+        if isinstance(v, bool) or not isinstance(v, int):
+            raise TypeError(f"{name} must be an integer, got {v!r} of type {type(v).__name__}")
+    if num_layers is not None and num_layers < 0:
+        raise ValueError(f"num_layers={num_layers} must be >= 0")
     if num_experts < 1 or num_physical_experts < num_experts:
         raise ValueError(
             f"need 1 <= num_experts <= num_physical_experts, got {num_experts} and {num_physical_experts}"
@@ -353,13 +420,22 @@ def moves(
         return Moves(torch.zeros(L, dtype=_I64, device=new.device), 0)
     if bool((old < -1).any()) or bool((cur < -1).any()):
         raise ValueError("placements hold ids below -1")
-    E = int(torch.maximum(old.max(), cur.max())) + 2  # id -1 goes to column E - 1
     G = P // k
+    if int(torch.maximum(old.max(), cur.max())) >= 2 * P:
+        # Ids far beyond the slot count: renumber the ones present, so that
+        # the presence tables below stay [L, G, <= 2 P + 1].
+        ids, inverse = torch.unique(torch.cat([old, cur], dim=1), return_inverse=True)
+        inverse = inverse - int((ids < 0).sum())  # -1 (empty) stays -1
+        old, cur = inverse[:, :P], inverse[:, P:]
+    E = int(torch.maximum(old.max(), cur.max())) + 2  # id -1 goes to column E - 1
     old_has = _presence(torch.where(old < 0, E - 1, old), G, E)
     new_has = _presence(torch.where(cur < 0, E - 1, cur), G, E)
     added = new_has[..., : E - 1] & ~old_has[..., : E - 1]
     if active is not None:
-        on = torch.as_tensor(active, device=new.device).to(torch.bool).view(1, G, 1)
+        on = torch.as_tensor(active, device=new.device)
+        if on.dim() != 1 or on.numel() != G:
+            raise ValueError(f"active must be 1-D with one entry per GPU ({G}), got shape {tuple(on.shape)}")
+        on = on.to(torch.bool).view(1, G, 1)
         added = added & on
     per_layer = added.sum(dim=(1, 2))
     return Moves(per_layer, int(per_layer.sum()))
@@ -376,6 +452,10 @@ def experts_moved(
     callers that count GPUs rather than slots per GPU; ids are checked to lie
     in ``[0, num_experts)`` (default: the largest id in either map + 1).
     """
+    for name, m in (("old_physical_to_logical_map", old_physical_to_logical_map),
+                    ("new_physical_to_logical_map", new_physical_to_logical_map)):
+        if not isinstance(m, Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(m).__name__}")
     new = new_physical_to_logical_map
     old = old_physical_to_logical_map.to(new.device)
     if old.shape != new.shape:

@@ -50,7 +50,8 @@ def check_options(
     """Raises TypeError/ValueError naming the argument, its value and the rule.
 
     ``previous``: int32/int64 ``[L, P]`` on the loads' device, ids in
-    ``[0, E)`` or -1 (empty slot). ``max_moves``: None or an integer >= 0.
+    ``[0, E)`` or -1 (empty slot). ``max_moves``: None or an integer >= 0
+    (any size: budgets above P act as P).
     ``min_improvement``: a real number in [0, 1]. Without ``previous``,
     ``max_moves`` must be None and ``min_improvement`` 0. Values of a tensor
     on a GPU are read on the host only with ``check_values``.
@@ -95,7 +96,10 @@ def check_options(
                 f"{PREVIOUS}[{layer}, {slot}] = {int(previous[layer, slot])} is not an expert id in "
                 f"[0, {E}) nor -1 (empty slot)"
             )
-    return Plan(previous.to(torch.int64).contiguous(), -1 if max_moves is None else int(max_moves), gain)
+    # A layer has at most P moves, so a larger budget is P: the op's argument
+    # then always fits its int64, whatever integer was given.
+    budget = -1 if max_moves is None else min(int(max_moves), P)
+    return Plan(previous.to(torch.int64).contiguous(), budget, gain)
 
 
 def replica_ranks(log2phy: Tensor, num_physical_experts: int, count: Optional[Tensor] = None) -> Tensor:

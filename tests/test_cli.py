@@ -267,6 +267,49 @@ def test_rebalance_previous_placement(cli, tmp_path, tokens):
     assert row.split()[-1] == str(int(trivial_moved.sum()))
 
 
+def test_rebalance_previous_placement_of_other_integer_dtypes(cli, tmp_path, tokens):
+    # A placement saved as uint64 (torch compares no uint64 tensors on the
+    # CPU) is read as the int64 one it equals.
+    save_input("pt-tensor", tokens, tmp_path)
+    ref = expected(tokens, "deepseek")[0]
+    torch.save({"physical_to_logical_map": ref.to(torch.uint64)}, tmp_path / "u64.pt")
+    proc = cli("rebalance", "loads.pt", *DEPLOY_ARGS, "--algorithm", "deepseek", "--previous", "u64.pt",
+               "-o", "new.pt")
+    assert proc.returncode == 0, proc.stderr
+    row = next(line for line in proc.stdout.splitlines() if line.startswith("deepseek  <- written"))
+    assert row.split()[-1] == "0"
+
+
+def test_unusual_tensors_and_deep_json_are_errors(cli, tmp_path, tokens):
+    save_input("pt-tensor", tokens, tmp_path)
+    good = expected(tokens, "deepseek")[0]
+    odd = {
+        "sparse.pt": (good.to_sparse(), "torch.sparse_coo"),
+        "meta.pt": (torch.empty(good.shape, dtype=torch.int64, device="meta"), "a meta tensor"),
+    }
+    for name, (t, fragment) in odd.items():
+        torch.save({"physical_to_logical_map": t}, tmp_path / name)
+        assert_error(cli("rebalance", "loads.pt", *DEPLOY_ARGS, "--previous", name, "-o", "o.pt"), name, fragment)
+    torch.save(tokens.to_sparse(), tmp_path / "sparse_loads.pt")
+    assert_error(cli("rebalance", "sparse_loads.pt", *DEPLOY_ARGS, "-o", "o.pt"), "torch.sparse_coo")
+    (tmp_path / "deep.json").write_text("[" * 100000 + "]" * 100000)
+    assert_error(cli("rebalance", "deep.json", *DEPLOY_ARGS, "-o", "o.pt"), "nested too deeply")
+    # A previous placement far from the loads is also one error line.
+    wrapped = good.clone()
+    wrapped[0, 0] = -3  # as uint64: 2**64 - 3
+    torch.save({"physical_to_logical_map": wrapped.to(torch.uint64)}, tmp_path / "wrapped.pt")
+    assert_error(cli("rebalance", "loads.pt", *DEPLOY_ARGS, "--previous", "wrapped.pt", "-o", "o.pt"),
+                 f"placement holds expert {2**64 - 3}")
+
+
+def test_rebalance_many_slots_reports_quickly(cli, tmp_path):
+    # The report's lower bound no longer takes a Python step per slot: four
+    # million slots for four experts finish (they took minutes).
+    torch.save(torch.randint(1, 100, (1, 1, 4)), tmp_path / "l.pt")
+    proc = cli("rebalance", "l.pt", "-P", "4000000", "-G", "1", "-o", "o.pt")
+    assert proc.returncode == 0, proc.stderr
+
+
 @pytest.mark.skipif(not HAS_MATPLOTLIB, reason="matplotlib is not installed (pip install matplotlib)")
 def test_rebalance_plot(tmp_path, tokens):
     save_input("pt-tensor", tokens, tmp_path)

@@ -202,6 +202,8 @@ BAD = [
     ("1111", TypeError, r"active_ranks must be None or"),
     (3, TypeError, r"active_ranks must be None or .* got int"),
     ([1, None, 1, 1], TypeError, r"active_ranks\[1\] = None"),
+    (torch.ones(4, dtype=torch.int64).to_sparse(), ValueError, r"active_ranks must be a dense tensor"),
+    (torch.ones(4, dtype=torch.int64, device="meta"), ValueError, r"active_ranks must be a dense tensor"),
 ]
 
 

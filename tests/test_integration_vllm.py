@@ -187,6 +187,21 @@ def test_previous_kwargs_helper():
     assert plugin._previous_kwargs(old - 2, 2, 24, 16) == {}
 
 
+def test_bad_inputs_raise_value_or_type_errors():
+    with pytest.raises(ValueError, match=r"weight must be \[L, E\] or \[S, L, E\]"):
+        plugin.EplbExtPolicy.rebalance_experts(torch.ones(8), 8, None, None, 2)
+    w, old = torch.randint(1, 100, (1, 4)), torch.tensor([[0, 1, 2, 3]])
+    with pytest.raises(TypeError, match="old_global_expert_indices has dtype torch.float32"):
+        plugin.EplbExtPolicy.rebalance_experts(w, 4, None, None, 2, old.float() + 0.7)
+    for odd in (old.to_sparse(), old.to("meta")):
+        with pytest.raises(ValueError, match="old_global_expert_indices must be a dense tensor"):
+            plugin.EplbExtPolicy.rebalance_experts(w, 4, None, None, 2, odd)
+    new = np.array([[0, 1, 2, 3], [3, 2, 1, 0]])
+    for other in (new[:1], new[0]):
+        with pytest.raises(ValueError, match="maps of one shape"):
+            plugin.EplbExtPolicy.preserve_intragpu_slots(new, 2, other)
+
+
 def test_previous_of_another_shape_is_ignored():
     w = torch.from_numpy(tie_free_loads(7, 3, 32))
     plain = plugin.EplbExtPolicy.rebalance_experts(w, 48, 4, 2, 8)

@@ -187,6 +187,64 @@ def test_bad_arguments(call, match):
         call()
 
 
+def test_lower_bound_for_many_slots_is_the_greedys():
+    # Beyond P - E = E slots most replicas are given at once: the counts the
+    # greedy passes through for a threshold, then its remaining steps. The
+    # bound must be the slot-by-slot greedy's, bit for bit.
+    def greedy(w, P, G):
+        w = metrics.expert_load(w)
+        counts, rows = torch.ones_like(w), torch.arange(w.shape[0])
+        for _ in range(P - w.shape[1]):
+            counts[rows, (w / counts).argmax(dim=-1)] += 1
+        return torch.maximum(w.sum(dim=-1) / G, (w / counts).amax(dim=-1))
+
+    g = torch.Generator().manual_seed(3)
+    cases = [torch.randint(0, 100, (3, 7), generator=g), torch.rand(2, 9, generator=g, dtype=torch.float64) ** 4,
+             torch.randint(0, 3, (4, 5), generator=g), torch.tensor([[0, 0, 5, 5, 5]]), torch.zeros(2, 4)]
+    for w in cases:
+        E = w.shape[-1]
+        for P in (2 * E + 1, 3 * E + 2, 10 * E + 7):
+            assert torch.equal(metrics.lower_bound(w, P, 1), greedy(w, P, 1)), (w, P)
+    # Four million slots are as quick as a few (the slot-by-slot loop took minutes).
+    assert metrics.lower_bound(torch.ones(1, 4), 4_000_000, 1).item() == 4.0
+    assert metrics.lower_bound(torch.ones(1, 0), 4, 2).tolist() == [0.0]
+    assert metrics.bound_balancedness(torch.ones(1, 0), 4, 2).tolist() == [1.0]
+
+
+def test_bad_inputs_raise_value_or_type_errors():
+    p = torch.tensor([[0, 1, 2, 3]])
+    with pytest.raises(TypeError, match="physical_to_logical_map must be a torch.Tensor"):
+        metrics.gpu_loads(torch.ones(1, 4), [[0, 1, 2, 3]], 2)
+    with pytest.raises(TypeError, match="tokens must be a torch.Tensor"):
+        metrics.step_balancedness([[1, 2, 3, 4]], p, 2)
+    with pytest.raises(TypeError, match="old_physical_to_logical_map"):
+        metrics.experts_moved([[0, 1]], [[0, 1]], 1)
+    with pytest.raises(ValueError, match="active must be 1-D with one entry per GPU"):
+        metrics.moves(p, p, 2, active=[1, 1, 1])
+    for bad in ([[-1, 0]], [[5, 0]]):
+        with pytest.raises(ValueError, match=r"ids outside \[0, 2\)"):
+            metrics.replica_counts(torch.tensor(bad), 2)
+    with pytest.raises(ValueError, match="num_layers=-1"):
+        metrics.trivial_placement(4, 8, -1)
+    with pytest.raises(ValueError, match="NaN"):
+        metrics.balancedness(torch.tensor([[float("nan"), 1.0, 1.0, 1.0]]), p, 2)
+    # Integer GPU loads are measured as well as float ones.
+    assert metrics.overall_balancedness(torch.tensor([[1, 2]])) == metrics.overall_balancedness(
+        torch.tensor([[1.0, 2.0]]))
+
+
+def test_moves_with_ids_far_beyond_the_slots():
+    # Counted without a table as wide as the largest id (2**33 would ask for
+    # 16 GiB): the ids present are renumbered first.
+    old = torch.tensor([[0, 1, 2, 3]])
+    for big in (2**33, 2**62):
+        new = torch.tensor([[0, 1, 2, big]])
+        assert metrics.moves(old, new, 2).total == 1
+        assert metrics.moves(new, new, 2).total == 0
+        # GPU 0 gains 0 and 1 (it held only `big`), GPU 1 gains `big`.
+        assert metrics.moves(torch.tensor([[-1, big, 2, 3]]), new, 2).per_layer.tolist() == [3]
+
+
 def test_bad_types():
     with pytest.raises(TypeError):
         metrics.gpu_loads(W.tolist(), MAP, 3)

@@ -61,6 +61,15 @@ def test_bad_options(kwargs, exc, fragments):
         rebalance(TOKENS, P, k, C, N, "deepseek", previous_physical_to_logical_map=GOOD, **kwargs)
 
 
+def test_any_budget_above_p_is_p():
+    # No layer has more than P moves: a larger integer, even beyond int64,
+    # places as max_moves = P does (and is not an error of the op's argument).
+    ref = rebalance(TOKENS, P, k, C, N, "deepseek", previous_physical_to_logical_map=GOOD, max_moves=P)
+    for budget in (P + 1, 2**63, 2**70):
+        out = rebalance(TOKENS, P, k, C, N, "deepseek", previous_physical_to_logical_map=GOOD, max_moves=budget)
+        assert all(torch.equal(a, b) for a, b in zip(out, ref))
+
+
 def test_options_need_a_previous_placement():
     with raises_with(ValueError, "max_moves=3", "previous_physical_to_logical_map"):
         rebalance(TOKENS, P, k, C, N, max_moves=3)

@@ -203,3 +203,15 @@ def test_sum_steps_gives_what_the_placement_ops_place(dtype):
         u[5, 2, 7] = -1
         u[6, 0, 0] = -1
         assert ops.sum_steps(u)[1] == (5 * 3 + 2) * 16 + 7
+
+
+@pytest.mark.parametrize("shape, wide", [((1, 0), (2, 0)), ((1, 1, 0), (2, 3, 0)), ((1, 3, 0), (4, 3, 0))])
+def test_sum_steps_and_first_bad_load_on_zero_experts(shape, wide):
+    # No experts leaves nothing to sum or check, also in views whose layer
+    # stride is 0 (an expanded tensor), where the run length of the summing
+    # pass would have been divided by zero.
+    base = torch.zeros(shape, dtype=torch.int64)
+    for t in (base, base.expand(wide)):
+        sums, bad = ops.sum_steps(t)
+        assert bad == -1 and sums.shape == (t.shape[-2], 0) and sums.dtype == torch.float32
+        assert ops.first_bad_load(t) == -1

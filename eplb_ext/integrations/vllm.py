@@ -58,7 +58,13 @@ def _previous_kwargs(old: Optional[Tensor], num_layers: int, num_replicas: int, 
     entries outside [-1, E)."""
     if old is None:
         return {}
-    old = torch.as_tensor(old).detach().to("cpu", torch.int64)
+    old = torch.as_tensor(old)
+    if old.layout != torch.strided or old.is_meta:
+        raise ValueError(f"old_global_expert_indices must be a dense tensor with values, got a {old.layout} "
+                         f"tensor on {old.device}")
+    if old.is_floating_point() or old.is_complex() or old.dtype == torch.bool:
+        raise TypeError(f"old_global_expert_indices has dtype {old.dtype}; expert ids must be integers")
+    old = old.detach().to("cpu", torch.int64)
     if tuple(old.shape) != (num_layers, num_replicas):
         log_once(logger, logging.INFO, f"eplb_ext: previous placement of shape {tuple(old.shape)} is not "
                  f"[{num_layers}, {num_replicas}]; placing without it")
@@ -99,6 +105,8 @@ class EplbExtPolicy(*_bases()):
         tokens = weight.detach().cpu() if isinstance(weight, Tensor) else torch.as_tensor(weight)
         if num_ranks <= 0 or num_replicas % num_ranks != 0:
             raise ValueError(f"num_ranks={num_ranks} must be positive and divide num_replicas={num_replicas}")
+        if tokens.dim() not in (2, 3):
+            raise ValueError(f"weight must be [L, E] or [S, L, E], got shape {tuple(tokens.shape)}")
         L, E = tokens.shape[-2], tokens.shape[-1]
         hierarchical = (
             num_groups is not None and num_nodes is not None and num_groups > 0 and num_nodes > 0
@@ -140,11 +148,13 @@ class EplbExtPolicy(*_bases()):
         old slot, in order, takes the first unused new slot of the GPU with
         its expert; the other experts fill the free slots in order. Unchanged
         when ``num_ranks`` does not divide P. Returns a new int64 array."""
-        new = np.asarray(phy2log)
+        new, old = np.asarray(phy2log), np.asarray(old_phy2log)
+        if new.ndim != 2 or old.shape != new.shape:
+            raise ValueError(f"phy2log and old_phy2log must be [L, P] maps of one shape, got {new.shape} and "
+                             f"{old.shape}")
         L, P = new.shape
         if num_ranks <= 0 or P % num_ranks != 0:
             return new
-        old = np.asarray(old_phy2log)
         k = P // num_ranks
         out = new.astype(np.int64, copy=True)
         for layer in range(L):

@@ -61,7 +61,8 @@ void sum_steps(const Loads<T>& t, BadLoads& bad, float* sums) {
   // shape, S = 1000), but no fewer runs than threads. The sums do not depend
   // on B: every layer's loads are added in step order whatever the run.
   const int64_t threads = std::max<int64_t>(1, torch::stable::get_num_threads());
-  const int64_t B = t.sl != t.E * t.se
+  // E = 0 leaves nothing to sum (and no run length to divide by).
+  const int64_t B = t.E == 0 || t.sl != t.E * t.se
                         ? 1
                         : std::max<int64_t>(1, std::min<int64_t>(65536 / (t.E * (int64_t)sizeof(T)),
                                                                  (t.L + threads - 1) / threads));

@@ -54,7 +54,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> migrate_team(Tensor tokens, Tensor ph
     check_every_load(t, "tokens_per_expert", tokens.dim() == 3);
     const int64_t core = migrate_scratch(d, nullptr, nullptr);
     const int64_t bytes = core + (int64_t)(sizeof(float) + sizeof(Sum128)) * (a.E + 1);
-    const int64_t work = a.P * (a.G + 2 * a.k) * (max_moves > 0 ? max_moves : 1);
+    const int64_t work = a.P * (a.G + 2 * a.k) * (d.max_moves > 0 ? d.max_moves : 1);  // clamped to P
     for_each_layer(a.L, grain_for(work), bytes, [&](int64_t l, void* buf) {
       MigrateScratch s;
       migrate_scratch(d, buf, &s);
