@@ -131,7 +131,8 @@ def rebalance_experts(
             slot. The result is then relabeled for the fewest moves (see
             ``eplb_ext.migration``).
         max_moves: with Q, change Q itself by at most this many moves per
-            layer instead (incremental rebalancing).
+            layer instead (incremental rebalancing); any integer >= 0, and
+            one above P (no layer has more moves) acts as P.
         min_improvement: with Q, keep Q for layers whose balancedness would
             improve by less than this (in [0, 1]).
 
@@ -186,8 +187,12 @@ def rebalance_experts(
     if check_values and tokens.device.type == "cpu" and not compiling:
         if tokens.dim() == 3 and tokens.shape[0] != 1 and not algo.step_aware:
             # The variants that place the sums over steps get them from the
-            # pass that checks the loads: the steps are read once.
-            tokens = summed_checked_loads("tokens_per_expert", tokens)
+            # pass that checks the loads: the steps are read once. A float32
+            # sum of finite loads can overflow: the ops place it as they
+            # place those steps but reject it as a load, so then the steps go.
+            sums = summed_checked_loads("tokens_per_expert", tokens)
+            if not bool(torch.isinf(sums).any()):
+                tokens = sums
         else:
             check_load_values("tokens_per_expert", tokens)
     elif check_values and tokens.device.type not in ("cpu", "meta"):

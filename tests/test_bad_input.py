@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import eplb_ext
-from eplb_ext import EplbAlgorithm, compute_algorithm, reference
+from eplb_ext import EplbAlgorithm, compute_algorithm, metrics, reference
 from eplb_ext import deepseek as ds
 from helpers import ALGORITHMS, HIERARCHICAL, assert_same, check_invariants, raises_with
 
@@ -102,6 +102,22 @@ def test_bad_load_in_noncontiguous_view():
         rebalance(view, P, k, C, N)
     with raises_with(ValueError, "tokens_per_expert", "NaN"):
         rebalance(base.permute(0, 1, 2).transpose(0, 1).transpose(0, 1), P, k, C, N)
+
+
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+def test_finite_loads_whose_sum_overflows_are_valid(algorithm):
+    # Every load is finite in float32, their float32 sum over steps is not:
+    # a valid input, placed as the unchecked call places the steps, with and
+    # without a previous placement (the sums are not loads to check).
+    t = _t(S=4).double()
+    t[:, 1, 3] = 1e38
+    t[:, 2, :5] = 1e38  # several infinite sums: ties the ops break by index
+    out = rebalance(t, P, k, C, N, algorithm)
+    assert_same(out, rebalance(t, P, k, C, N, algorithm, check_values=False))
+    relabeled = rebalance(t, P, k, C, N, algorithm, previous_physical_to_logical_map=out[0])
+    assert torch.equal(relabeled[0], out[0])  # its own placement: nothing to move
+    searched = rebalance(t, P, k, C, N, algorithm, previous_physical_to_logical_map=out[0], max_moves=2)
+    assert int(metrics.moves(out[0], searched[0], k).per_layer.max()) <= 2
 
 
 def test_negative_zero_is_a_valid_load():
