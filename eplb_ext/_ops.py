@@ -55,13 +55,24 @@ def _reject(kind: str, message: str) -> None:
     raise RuntimeError(f"[eplb_ext {kind}] {message}")
 
 
+# The load dtypes the compiled ops take (dispatch_loads, csrc/ops/tensor_utils.h).
+_LOAD_DTYPES = {torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64, torch.float16, torch.bfloat16,
+                torch.float32, torch.float64} | {getattr(torch, n) for n in ("uint16", "uint32", "uint64")
+                                                 if hasattr(torch, n)}
+
+
+def _check_load_dtype(t: Tensor, name: str) -> None:
+    if t.dtype not in _LOAD_DTYPES:
+        _reject("TypeError", f"{name} has dtype {t.dtype}; the ops take integer, float16, bfloat16, float32 or "
+                "float64 loads (not bool, complex or float8: rebalance_experts widens float8 to float32)")
+
+
 def _check_placement(tokens: Tensor, P: int, k: int, C: int, N: int) -> Tuple[int, int]:
     """The shape rules the compiled ops check (csrc/ops/check.h), for the
     fake kernels: returns (L, E)."""
     if tokens.dim() not in (2, 3):
         _reject("ValueError", f"tokens_per_expert must be [S, L, E] or [L, E], got {tokens.dim()} dimensions")
-    if tokens.dtype == torch.bool or tokens.is_complex():
-        _reject("TypeError", f"tokens_per_expert has dtype {tokens.dtype}; loads must have an integer or floating dtype")
+    _check_load_dtype(tokens, "tokens_per_expert")
     L, E = tokens.shape[-2], tokens.shape[-1]
     from ._validate import placement_rule
 
@@ -78,6 +89,7 @@ def _index(like: Tensor, *shape: int, dtype: torch.dtype = torch.int64) -> Tenso
 @torch.library.register_fake("eplb_ext::balanced_packing")
 def _balanced_packing_fake(weight: Tensor, num_packs: int) -> Tuple[Tensor, Tensor]:
     torch._check(weight.dim() == 2, lambda: "weight must be 2-D")
+    _check_load_dtype(weight, "weight")
     L, n = weight.shape
     if num_packs < 1 or num_packs > max(n, 1) or n % num_packs != 0:
         _reject("ValueError", f"num_packs={num_packs} must divide the number of items {n} and not exceed it")
@@ -87,6 +99,7 @@ def _balanced_packing_fake(weight: Tensor, num_packs: int) -> Tuple[Tensor, Tens
 @torch.library.register_fake("eplb_ext::replicate_experts")
 def _replicate_experts_fake(weight: Tensor, num_phy: int) -> Tuple[Tensor, Tensor, Tensor]:
     torch._check(weight.dim() == 2, lambda: "weight must be 2-D")
+    _check_load_dtype(weight, "weight")
     L, n = weight.shape
     if n < 1 or num_phy < n or num_phy > 1 << 30:
         _reject("ValueError", f"num_phy={num_phy} must be at least the number of experts {n} (>= 1) and at most 2**30")

@@ -77,26 +77,34 @@ MAX_STEPS = (1 << 31) - 1
 def placement_rule(S: int, L: int, E: int, P: int, k: int, C: int, N: int) -> Optional[Tuple[type, str]]:
     """The first rule of ``check_placement`` (csrc/ops/check.h) that the
     shape and integer arguments break, as (exception class, message), or
-    None. Shared by the public API, which raises it, and the fake kernels."""
-    X = P - E + 1
-    rules = [
-        (E >= 1, f"tokens_per_expert has {E} logical experts (last dimension); at least 1 is required"),
-        (P >= E, f"num_physical_experts={P} is smaller than the number of logical experts {E}; "
-                 "every expert needs at least one slot"),
-        (P <= MAX_INDEX, f"num_physical_experts={P} exceeds {MAX_INDEX}, the largest number of slots "
-                         "supported (int32 indices)"),
-        (k >= 1 and P % k == 0, f"num_local_physical_experts={k} must divide num_physical_experts={P}"),
-        (C >= 1 and E % C == 0, f"num_groups={C} must divide the number of logical experts {E}"),
-        (N >= 1 and C % N == 0, f"num_nodes={N} must divide num_groups={C}"),
-        (k < 1 or (P // k) % N == 0, f"num_nodes={N} must divide the number of GPUs {P // max(k, 1)} "
-                                     "(num_physical_experts / num_local_physical_experts)"),
-        (S <= MAX_STEPS, f"tokens_per_expert has {S} steps (first dimension); at most {MAX_STEPS} are supported"),
+    None. Shared by the public API, which raises it, and the fake kernels.
+
+    Each rule is tested only once the ones before it hold (a later one may
+    divide by an earlier one's value), and a message is written only for
+    the rule that fails: formatting a symbolic size while tracing would fix
+    it to its example value."""
+    rules = (
+        (lambda: E >= 1, lambda: f"tokens_per_expert has {E} logical experts (last dimension); at least 1 is "
+                                 "required"),
+        (lambda: P >= E, lambda: f"num_physical_experts={P} is smaller than the number of logical experts {E}; "
+                                 "every expert needs at least one slot"),
+        (lambda: P <= MAX_INDEX, lambda: f"num_physical_experts={P} exceeds {MAX_INDEX}, the largest number of "
+                                         "slots supported (int32 indices)"),
+        (lambda: k >= 1 and P % k == 0, lambda: f"num_local_physical_experts={k} must divide "
+                                                f"num_physical_experts={P}"),
+        (lambda: C >= 1 and E % C == 0, lambda: f"num_groups={C} must divide the number of logical experts {E}"),
+        (lambda: N >= 1 and C % N == 0, lambda: f"num_nodes={N} must divide num_groups={C}"),
+        (lambda: (P // k) % N == 0, lambda: f"num_nodes={N} must divide the number of GPUs {P // k} "
+                                            "(num_physical_experts / num_local_physical_experts)"),
+        (lambda: S <= MAX_STEPS, lambda: f"tokens_per_expert has {S} steps (first dimension); at most {MAX_STEPS} "
+                                         "are supported"),
         # Every output must be addressable with int64 element offsets.
-        (L == 0 or E * X * L <= _INT64_MAX, f"logical_to_physical_map of shape [{L}, {E}, {X}] is too large to allocate"),
-    ]
-    for ok, message in rules:
-        if not ok:
-            return ValueError, message
+        (lambda: L == 0 or E * (P - E + 1) * L <= _INT64_MAX,
+         lambda: f"logical_to_physical_map of shape [{L}, {E}, {P - E + 1}] is too large to allocate"),
+    )
+    for holds, message in rules:
+        if not holds():
+            return ValueError, message()
     return None
 
 

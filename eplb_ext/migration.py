@@ -13,7 +13,6 @@ per-layer outcome, for reports.
 
 from __future__ import annotations
 
-import math
 import numbers
 from typing import NamedTuple, Optional, Tuple
 
@@ -66,7 +65,7 @@ def check_options(
             f"{type(min_improvement).__name__}"
         )
     gain = float(min_improvement)
-    if math.isnan(gain) or not 0.0 <= gain <= 1.0:
+    if gain != gain or not 0.0 <= gain <= 1.0:  # NaN; no math.isnan: traceable with a symbolic float
         raise ValueError(f"min_improvement={min_improvement!r} must be a real number in [0, 1]")
     if previous is None:
         if max_moves is not None:
@@ -88,7 +87,8 @@ def check_options(
         raise ValueError(f"{PREVIOUS} is on {previous.device}; it must be on the loads' device {device}")
     if previous.layout != torch.strided:
         raise ValueError(f"{PREVIOUS} must be a dense tensor, got layout {previous.layout}")
-    if device.type == "cpu" or check_values:
+    # While tracing (torch.compile) no value can be read: the op checks them.
+    if (device.type == "cpu" or check_values) and not torch.compiler.is_compiling():
         bad = (previous < -1) | (previous >= E)
         if previous.numel() > 0 and bool(bad.any()):
             layer, slot = (int(i) for i in bad.nonzero()[0])
@@ -111,7 +111,7 @@ def replica_ranks(log2phy: Tensor, num_physical_experts: int, count: Optional[Te
     fixed-width map (X = P - E + 1) is mostly padding. On other devices that
     would cost a host read, so all X columns are scattered there.
     """
-    if count is not None and log2phy.device.type == "cpu" and count.numel() > 0:
+    if count is not None and log2phy.device.type == "cpu" and count.numel() > 0 and not torch.compiler.is_compiling():
         log2phy = log2phy[:, :, : max(1, min(int(count.max()), log2phy.shape[2]))]
     L, E, X = log2phy.shape
     P = num_physical_experts

@@ -102,6 +102,64 @@ def test_compile_dispatcher_fixed_width(algorithm):
     check_invariants(out, algorithm, 4, 16, 24, 3, 4, 2, fixed_width=True)
 
 
+@pytest.mark.parametrize("algorithm", ["deepseek", "deepseek_hierarchical", "deepseek_vec"])
+def test_compile_dispatcher_with_a_previous_placement(algorithm):
+    """With a previous placement and a budget the call still traces as one
+    graph on CPU (no value is read on the host while tracing)."""
+
+    def f(t, prev):
+        return eplb_ext.rebalance_experts(t, 24, 3, 4, 2, algorithm, fixed_width=True, check_values=False,
+                                          previous_physical_to_logical_map=prev, max_moves=3)
+
+    t = _tokens(seed=6)
+    prev = eplb_ext.rebalance_experts(_tokens(seed=7), 24, 3, 4, 2, algorithm)[0].to(torch.int64)
+    torch._dynamo.reset()
+    compiled = torch.compile(f, backend="aot_eager", fullgraph=True)
+    assert_same(compiled(t, prev), f(t, prev))
+
+
+@pytest.mark.parametrize("dim", [0, 1, 2])
+def test_compile_dispatcher_with_a_dynamic_dimension(dim):
+    """A dimension marked dynamic stays symbolic: the argument checks write
+    their messages only for a rule that fails (formatting a size would fix
+    it), and the graph serves other sizes of that dimension."""
+
+    def f(t):
+        return eplb_ext.rebalance_experts(t, 24, 3, 4, 2, "deepseek", fixed_width=True, check_values=False)
+
+    torch._dynamo.reset()
+    compiled = torch.compile(f, backend="aot_eager", fullgraph=True)
+    t = _tokens(S=3, L=4, seed=8)
+    torch._dynamo.mark_dynamic(t, dim)
+    assert_same(compiled(t), f(t))
+    shape = list(t.shape)
+    shape[dim] += 4 if dim < 2 else 8  # E stays a multiple of the 4 groups
+    other = _tokens(S=shape[0], L=shape[1], E=shape[2], seed=9) if dim == 2 else _tokens(S=shape[0], L=shape[1], seed=9)
+    assert_same(compiled(other), f(other))
+
+
+def test_fake_kernels_reject_what_the_ops_reject(cpp_errors_reach_python):
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    cases = [
+        ("deepseek", (torch.rand(2, 8).to(torch.float8_e4m3fn), 8, 1, 1, 1), "float8"),
+        ("deepseek_vec", (torch.rand(2, 8).to(torch.float8_e5m2), 8, 1, 1, 1), "float8"),
+        ("balanced_packing", (torch.rand(2, 8) > 0.5, 2), "torch.bool"),
+        ("replicate_experts", (torch.rand(2, 8).to(torch.complex64), 9), "torch.complex64"),
+        ("deepseek", (torch.rand(2, 8), 8, 1, 1, 0), "num_nodes=0"),
+    ]
+    for name, args, fragment in cases:
+        mode = FakeTensorMode()
+        with pytest.raises(RuntimeError, match=r"\[eplb_ext (TypeError|ValueError)\]") as fake:
+            with mode:
+                getattr(ops, name)(*(mode.from_tensor(a) if isinstance(a, torch.Tensor) else a for a in args))
+        assert fragment in str(fake.value)
+        if cpp_errors_reach_python:  # else a raw op's error ends the process (conftest.py)
+            with pytest.raises(RuntimeError, match=r"\[eplb_ext (TypeError|ValueError)\]") as real:
+                getattr(ops, name)(*args)
+            assert fragment in str(real.value)
+
+
 # --------------------------------------------------------------------------
 # thread count and determinism
 # --------------------------------------------------------------------------

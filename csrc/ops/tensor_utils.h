@@ -25,6 +25,10 @@ inline const char* dtype_name(ScalarType t) {
     case ScalarType::ComplexHalf: return "torch.complex32";
     case ScalarType::ComplexFloat: return "torch.complex64";
     case ScalarType::ComplexDouble: return "torch.complex128";
+    case ScalarType::Float8_e5m2: return "torch.float8_e5m2";
+    case ScalarType::Float8_e4m3fn: return "torch.float8_e4m3fn";
+    case ScalarType::Float8_e5m2fnuz: return "torch.float8_e5m2fnuz";
+    case ScalarType::Float8_e4m3fnuz: return "torch.float8_e4m3fnuz";
     default: return "an unsupported dtype";
   }
 }
@@ -47,7 +51,8 @@ void dispatch_loads(const Tensor& t, const char* name, F&& f) {
     case ScalarType::Double: return f(double{});
     default:
       fail("TypeError", name, " has dtype ", dtype_name(t.scalar_type()),
-           "; loads must have an integer or floating dtype (not bool or complex)");
+           "; the ops take integer, float16, bfloat16, float32 or float64 loads (not bool, complex "
+           "or float8: rebalance_experts widens float8 to float32)");
   }
 }
 
