@@ -166,8 +166,8 @@ def read_loads(path: str) -> Tensor:
         raise CliError(
             f"{path}: loads must be [steps, layers, experts] or [layers, experts], got shape {tuple(tokens.shape)}"
         )
-    if tokens.shape[-2] == 0 or tokens.shape[-1] == 0:
-        raise CliError(f"{path}: no layers or no experts in loads of shape {tuple(tokens.shape)}")
+    if tokens.shape[-2] == 0 or tokens.shape[-1] == 0 or tokens.shape[0] == 0:
+        raise CliError(f"{path}: no steps, layers or experts in loads of shape {tuple(tokens.shape)}")
     return tokens
 
 

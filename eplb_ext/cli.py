@@ -357,6 +357,23 @@ def _positive_int(text: str) -> int:
     return _parse_int(text, 1)
 
 
+def _seed(text: str) -> int:
+    value = _parse_int(text, 0)
+    if value >= 1 << 63:
+        raise argparse.ArgumentTypeError(f"{value} is beyond 2**63 - 1, the largest seed")
+    return value
+
+
+MAX_REPEATS = 1000
+
+
+def _repeats(text: str) -> int:
+    value = _parse_int(text, 1)
+    if value > MAX_REPEATS:
+        raise argparse.ArgumentTypeError(f"{value} is more than {MAX_REPEATS} timed calls")
+    return value
+
+
 def _non_negative_int(text: str) -> int:
     return _parse_int(text, 0)
 
@@ -453,10 +470,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="place a built-in DeepSeek-V3-like load and print a balance table",
                        description="Place a built-in synthetic load and print a balance table.",
                        epilog=DEMO_EPILOG, formatter_class=fmt)
-    p.add_argument("--seed", type=_non_negative_int, default=0, help="seed of the synthetic load (default 0)")
+    p.add_argument("--seed", type=_seed, default=0, help="seed of the synthetic load (default 0)")
     p.add_argument("--layers", type=_positive_int, default=None, help="layers per model (default: the model's own)")
     p.add_argument("--steps", type=_positive_int, default=16, help="load snapshots per layer (default 16)")
-    p.add_argument("--repeats", type=_positive_int, default=3, help="timed calls per variant (default 3)")
+    p.add_argument("--repeats", type=_repeats, default=3, help="timed calls per variant (default 3)")
     p.set_defaults(func=_cmd_demo)
 
     p = sub.add_parser("rebalance", help="place a recorded load and write the placement",
@@ -493,7 +510,7 @@ def build_parser() -> argparse.ArgumentParser:
     size.add_argument("--quick", action="store_true", help="one shape at S = 1 only (seconds)")
     size.add_argument("--full", action="store_true", help="every shape at S = 1, 64, 1000 (minutes)")
     p.add_argument("--memory", action="store_true", help="also measure peak memory (a fresh process per call; slower)")
-    p.add_argument("--seed", type=_non_negative_int, default=0, help="seed of the synthetic loads (default 0)")
+    p.add_argument("--seed", type=_seed, default=0, help="seed of the synthetic loads (default 0)")
     p.add_argument("--json", metavar="OUT", help="also write the results as JSON")
     p.set_defaults(func=_cmd_bench)
 
@@ -517,6 +534,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"{PROG}: error: {exc.message}", file=sys.stderr)
         if exc.hint:
             print(f"{PROG}: hint: {exc.hint}", file=sys.stderr)
+        return EXIT_USAGE
+    except MemoryError as exc:  # e.g. a placement of 2**30 slots
+        print(f"{PROG}: error: out of memory ({_first_line(exc)})", file=sys.stderr)
+        print(f"{PROG}: hint: place fewer layers or slots at a time", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)

@@ -185,7 +185,7 @@ def gpu_loads(
         live = torch.tensor(alive, dtype=torch.bool).repeat_interleave(phy2log.shape[1] // num_gpus)
         phy2log, gpus = phy2log[:, live.to(phy2log.device)], sum(alive)
     slots = _slot_loads(w, phy2log)
-    return slots.reshape(*slots.shape[:-1], gpus, -1).sum(dim=-1)
+    return slots.reshape(*slots.shape[:-1], gpus, slots.shape[-1] // max(gpus, 1)).sum(dim=-1)
 
 
 def balancedness_of_loads(gpu_load: Tensor) -> Tensor:

@@ -13,6 +13,7 @@ import torch
 
 import eplb_ext
 from eplb_ext import metrics
+from eplb_ext import cli as cli_module
 from eplb_ext.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
@@ -300,6 +301,25 @@ def test_unusual_tensors_and_deep_json_are_errors(cli, tmp_path, tokens):
     torch.save({"physical_to_logical_map": wrapped.to(torch.uint64)}, tmp_path / "wrapped.pt")
     assert_error(cli("rebalance", "loads.pt", *DEPLOY_ARGS, "--previous", "wrapped.pt", "-o", "o.pt"),
                  f"placement holds expert {2**64 - 3}")
+
+
+def test_more_inputs_that_are_one_error_line(cli, tmp_path, monkeypatch):
+    torch.save(torch.zeros(0, 3, 16), tmp_path / "nosteps.pt")
+    assert_error(cli("rebalance", "nosteps.pt", "-P", "32", "-G", "8", "-o", "o.pt"), "no steps")
+    assert not (tmp_path / "o.pt").exists()
+    for command in (("demo", "--layers", "1"), ("bench", "--quick")):
+        proc = cli(*command, "--seed", str(2**63))
+        assert proc.returncode == 2 and "the largest seed" in proc.stderr
+    proc = cli("demo", "--repeats", "1001")
+    assert proc.returncode == 2 and "more than 1000 timed calls" in proc.stderr
+    # Running out of memory is an error line with a hint, not a traceback.
+    torch.save(torch.randint(1, 9, (2, 1, 4)), tmp_path / "l.pt")
+
+    def no_memory(*args, **kwargs):
+        raise MemoryError("could not allocate 8 GiB")
+
+    monkeypatch.setattr(cli_module, "rebalance_experts", no_memory)
+    assert_error(cli("rebalance", "l.pt", "-P", "8", "-G", "2", "-o", "o.pt"), "out of memory", "8 GiB")
 
 
 def test_rebalance_many_slots_reports_quickly(cli, tmp_path):

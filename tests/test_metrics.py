@@ -233,6 +233,13 @@ def test_bad_inputs_raise_value_or_type_errors():
         torch.tensor([[1.0, 2.0]]))
 
 
+def test_no_steps():
+    # No steps: no GPU load in any step, so every layer counts as balanced.
+    p = metrics.trivial_placement(16, 32, 3)
+    assert metrics.gpu_loads(torch.zeros(0, 3, 16), p, 8, per_step=True).shape == (0, 3, 8)
+    assert metrics.step_balancedness(torch.zeros(0, 3, 16), p, 8).tolist() == [1.0, 1.0, 1.0]
+
+
 def test_moves_with_ids_far_beyond_the_slots():
     # Counted without a table as wide as the largest id (2**33 would ask for
     # 16 GiB): the ids present are renumbered first.
