@@ -287,7 +287,7 @@ def lower_bound(load: Tensor, num_physical_experts: int, num_gpus: int) -> Tenso
     counts = _greedy_counts(w, P) if P - E > E else torch.ones_like(w)
     left = P - counts.sum(dim=-1)
     rows = torch.arange(L, device=w.device)
-    for i in range(int(left.max())):
+    for i in range(int(left.max()) if L > 0 else 0):
         pick = (w / counts).argmax(dim=-1)
         take = left > i
         counts[rows[take], pick[take]] += 1
@@ -300,27 +300,27 @@ def _greedy_counts(w: Tensor, P: int) -> Tensor:
     most P slots passes through, found without a step per slot.
 
     The greedy gives a slot only to an expert whose load per replica is the
-    largest, so it passes through the counts c = max(1, ceil(w / m)) of any
-    threshold m whose counts fit: w / c <= m for every expert and
-    w / (c - 1) > m for every expert with c > 1 (as float64 divisions, the
-    greedy's comparisons). A bisection per layer finds an m close to the
-    smallest that fits; the counts are repaired where ceil rounded across
-    the threshold. A layer whose repaired counts do not fit keeps one
-    replica per expert, and the caller's loop places all of its slots.
+    largest, so it passes through the counts c of any threshold m with
+    w / c <= m for every expert and w / (c - 1) > m for every expert with
+    c > 1 (as float64 divisions, the greedy's comparisons), if they fit in P
+    slots. ``at(m)`` is c = max(1, ceil(w / m)), repaired where the rounded
+    division put ceil across the threshold; it grows as m falls, and a
+    bisection per layer finds an m close to the smallest whose counts fit.
     """
-    hi = w.amax(dim=-1)
+
+    def at(m: Tensor) -> Tensor:
+        c = torch.ceil(w / m).clamp(min=1)
+        c = torch.where(w / c > m, c + 1, c)
+        return torch.where((c > 1) & (w / (c - 1).clamp(min=1) <= m), c - 1, c)
+
+    hi = w.amax(dim=-1, keepdim=True)
     hi = torch.where(hi > 0, hi, torch.ones_like(hi))  # every count 1: E <= P slots
     lo = torch.zeros_like(hi)
     for _ in range(64):
         mid = (lo + hi) / 2
-        fits = torch.ceil(w / mid[:, None]).clamp(min=1).sum(dim=-1) <= P
+        fits = at(mid).sum(dim=-1, keepdim=True) <= P
         hi, lo = torch.where(fits, mid, hi), torch.where(fits, lo, mid)
-    m = hi[:, None]
-    c = torch.ceil(w / m).clamp(min=1)
-    c = torch.where(w / c > m, c + 1, c)
-    c = torch.where((c > 1) & (w / (c - 1).clamp(min=1) <= m), c - 1, c)
-    fits = (c.sum(dim=-1) <= P)[:, None]
-    return torch.where(fits, c, torch.ones_like(c))
+    return at(hi)
 
 
 def bound_balancedness(load: Tensor, num_physical_experts: int, num_gpus: int) -> Tensor:

@@ -208,6 +208,7 @@ def test_lower_bound_for_many_slots_is_the_greedys():
     # Four million slots are as quick as a few (the slot-by-slot loop took minutes).
     assert metrics.lower_bound(torch.ones(1, 4), 4_000_000, 1).item() == 4.0
     assert metrics.lower_bound(torch.ones(1, 0), 4, 2).tolist() == [0.0]
+    assert metrics.lower_bound(torch.ones(0, 4), 100, 2).shape == (0,)
     assert metrics.bound_balancedness(torch.ones(1, 0), 4, 2).tolist() == [1.0]
 
 
