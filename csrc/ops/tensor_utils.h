@@ -6,8 +6,10 @@
 #include <torch/csrc/stable/tensor.h>
 #include <torch/headeronly/core/ScalarType.h>
 
+#include <algorithm>
+#include <memory>
+#include <new>
 #include <sstream>
-#include <vector>
 #include <string>
 #include <type_traits>
 
@@ -216,13 +218,42 @@ void report_bad_load(const Loads<T>& t, const int64_t* first_bad, const char* na
        what, "; loads must be finite and >= 0");
 }
 
+// Each layer's first bad load (first_bad_load), -1 where none; raises for
+// the first in (step, layer, expert) order.
+class BadLoads {
+ public:
+  // L comes from the input's shape, which a strided view can make larger
+  // than memory: a failed allocation is a MemoryError, not an abort.
+  explicit BadLoads(int64_t L) : first_(new (std::nothrow) int64_t[static_cast<size_t>(L > 0 ? L : 1)]) {
+    EPLB_CHECK_MEMORY(first_ != nullptr, "could not allocate the per-layer records of ", L,
+                      " layers (", L, " x 8 bytes of host memory)");
+    std::fill(first_.get(), first_.get() + L, int64_t{-1});
+  }
+  // Records layer l's result; true if the layer may be placed.
+  bool ok(int64_t l, int64_t first_bad) {
+    first_[static_cast<size_t>(l)] = first_bad;
+    return first_bad < 0;
+  }
+  template <typename T>
+  void report(const Loads<T>& t, const char* name, bool three_d) const {
+    report_bad_load(t, first_.get(), name, three_d);
+  }
+  template <typename T>
+  int64_t first(const Loads<T>& t) const {
+    return first_bad_flat(t, first_.get());
+  }
+
+ private:
+  std::unique_ptr<int64_t[]> first_;
+};
+
 // Raises for the first bad load of t, every layer scanned on this thread
 // (the ops that do not check the loads in a pass they make anyway).
 template <typename T>
 void check_every_load(const Loads<T>& t, const char* name, bool three_d) {
-  std::vector<int64_t> first(static_cast<size_t>(t.L));
-  for (int64_t l = 0; l < t.L; ++l) first[static_cast<size_t>(l)] = first_bad_load(t, l);
-  report_bad_load(t, first.data(), name, three_d);
+  BadLoads bad(t.L);
+  for (int64_t l = 0; l < t.L; ++l) bad.ok(l, first_bad_load(t, l));
+  bad.report(t, name, three_d);
 }
 
 }  // namespace eplb

@@ -6,8 +6,6 @@
 #include <torch/csrc/stable/library.h>
 
 #include <algorithm>
-#include <memory>
-#include <new>
 #include <vector>
 
 #include "../../core/deepseek.h"
@@ -21,35 +19,6 @@ namespace eplb {
 namespace {
 
 using torch::stable::Tensor;
-
-// Each layer's first bad load (first_bad_load), -1 where none; raises for
-// the first in (step, layer, expert) order.
-class BadLoads {
- public:
-  // L comes from the input's shape, which a strided view can make larger
-  // than memory: a failed allocation is a MemoryError, not an abort.
-  explicit BadLoads(int64_t L) : first_(new (std::nothrow) int64_t[static_cast<size_t>(L > 0 ? L : 1)]) {
-    EPLB_CHECK_MEMORY(first_ != nullptr, "could not allocate the per-layer records of ", L,
-                      " layers (", L, " x 8 bytes of host memory)");
-    std::fill(first_.get(), first_.get() + L, int64_t{-1});
-  }
-  // Records layer l's result; true if the layer may be placed.
-  bool ok(int64_t l, int64_t first_bad) {
-    first_[static_cast<size_t>(l)] = first_bad;
-    return first_bad < 0;
-  }
-  template <typename T>
-  void report(const Loads<T>& t, const char* name, bool three_d) const {
-    report_bad_load(t, first_.get(), name, three_d);
-  }
-  template <typename T>
-  int64_t first(const Loads<T>& t) const {
-    return first_bad_flat(t, first_.get());
-  }
-
- private:
-  std::unique_ptr<int64_t[]> first_;
-};
 
 // Every layer's sums over steps (load_layer) into sums[L * E]. When the layers of a
 // step are adjacent in memory, B of them are summed as one row of B * E

@@ -18,7 +18,7 @@ using torch::stable::Tensor;
 
 template <int W, typename T>
 void lanes_vec_layers(const Loads<T>& t, VecDims d, int32_t* p2l, int32_t* l2p, int32_t* cnt,
-                      int64_t* first_bad) {
+                      BadLoads& bad) {
   const LaneTeam<W> team;
   const int64_t X = (int64_t)d.P - d.E + 1;
   std::vector<uint64_t> layer_buf(vec_layer_scratch(d, nullptr, nullptr) / 8 + 1);
@@ -30,8 +30,7 @@ void lanes_vec_layers(const Loads<T>& t, VecDims d, int32_t* p2l, int32_t* l2p, 
   for (int64_t l = 0; l < t.L; ++l) {
     // The CUDA kernels trust the Python layer's check of the loads; this op
     // checks them itself, like deepseek_vec.
-    first_bad[l] = first_bad_load(t, l);
-    if (first_bad[l] >= 0) continue;
+    if (!bad.ok(l, first_bad_load(t, l))) continue;
     vec_team_prepare(team, t, l, d, ly);
     for (int32_t c = 0; c < d.N; ++c) {
       vec_team_chunk(team, d, ly, ch, c, p2l + l * d.P, l2p + l * d.E * X, cnt + l * d.E);
@@ -50,11 +49,10 @@ std::tuple<Tensor, Tensor, Tensor> lanes_vec_cpu(Tensor tokens, int64_t P, int64
     using T = decltype(tag);
     const Loads<T> t = make_loads<T>(tokens);
     const VecDims d = vec_dims(a);
-    std::vector<int64_t> first_bad(static_cast<size_t>(a.L), -1);
+    BadLoads bad(a.L);
     auto run = width == 1 ? &lanes_vec_layers<1, T> : &lanes_vec_layers<32, T>;
-    run(t, d, ptr<int32_t>(out.phy2log), ptr<int32_t>(out.log2phy), ptr<int32_t>(out.logcnt),
-        first_bad.data());
-    report_bad_load(t, first_bad.data(), "tokens_per_expert", tokens.dim() == 3);
+    run(t, d, ptr<int32_t>(out.phy2log), ptr<int32_t>(out.log2phy), ptr<int32_t>(out.logcnt), bad);
+    bad.report(t, "tokens_per_expert", tokens.dim() == 3);
   });
   return out.tuple();
 }

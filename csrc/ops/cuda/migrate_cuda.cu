@@ -10,8 +10,9 @@
 // sequential parts read it one value at a time, each read a global-memory
 // latency otherwise. Larger shapes get global scratch from torch's caching
 // allocator (launch.cuh). The kernel runs on the current stream and nothing
-// is read on the host: the call can be captured in a CUDA graph. Values are not checked here (the Python layer does it);
-// the core reads out-of-range ids as empty slots and stays in bounds.
+// is read on the host: the call can be captured in a CUDA graph. Values are
+// not checked here (the Python layer does it); the core reads out-of-range
+// ids as empty slots and stays in bounds.
 #include <torch/csrc/inductor/aoti_torch/c/shim.h>
 #include <torch/csrc/stable/accelerator.h>
 #include <torch/csrc/stable/library.h>
