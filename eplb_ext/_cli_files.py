@@ -14,6 +14,8 @@ from typing import Optional, Sequence, Tuple
 import torch
 from torch import Tensor
 
+from ._validate import unreadable
+
 INPUT_FORMATS = (".pt", ".pth", ".npy", ".json", ".safetensors")
 OUTPUT_FORMATS = (".pt", ".json")
 OUTPUT_KEYS = ("physical_to_logical_map", "logical_to_physical_map", "logical_count")
@@ -68,9 +70,9 @@ def _pick_tensor(obj: object, path: str) -> Tensor:
 def _dense(t: Tensor, path: str) -> Tensor:
     """``t`` if it is an ordinary dense tensor with values, else a CliError:
     a sparse, quantized or meta tensor cannot be loads nor a placement."""
-    if t.layout != torch.strided or t.is_quantized or t.is_meta:
-        kind = "a meta" if t.is_meta else "a quantized" if t.is_quantized else f"a {t.layout}"
-        raise CliError(f"{path}: holds {kind} tensor; save an ordinary dense tensor of numbers")
+    odd = unreadable(t)
+    if odd is not None:
+        raise CliError(f"{path}: holds {odd}; save an ordinary dense tensor of numbers")
     return t
 
 

@@ -48,6 +48,19 @@ def check_int(name: str, value: object, *, allow_none: bool = False, minimum: in
     return value
 
 
+def unreadable(tensor: Tensor) -> Optional[str]:
+    """What keeps ``tensor``'s values from being read as numbers ("a meta
+    tensor", "a quantized tensor", "a torch.sparse_coo tensor", ...), or None
+    for an ordinary dense tensor."""
+    if tensor.is_meta:
+        return "a meta tensor"
+    if tensor.is_quantized:
+        return "a quantized tensor"
+    if tensor.layout != torch.strided:
+        return f"a {tensor.layout} tensor"
+    return None
+
+
 def check_loads(name: str, tensor: object, dims: tuple) -> Tensor:
     """Checks type, rank, layout and dtype of a load tensor; widens float8 to
     float32. The values are checked apart (``check_load_values``), once the

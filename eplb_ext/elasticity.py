@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 
 from . import _ops
+from ._validate import unreadable
 
 ActiveRanks = Union[None, Tensor, Sequence[Union[bool, int]]]
 
@@ -32,9 +33,9 @@ def _flags(active_ranks: object, num_gpus: int) -> List[int]:
     if isinstance(active_ranks, Tensor):
         if active_ranks.dtype.is_floating_point or active_ranks.is_complex():
             raise TypeError(f"active_ranks has dtype {active_ranks.dtype}; it must be {_RULE}")
-        if active_ranks.layout != torch.strided or active_ranks.is_meta or active_ranks.is_quantized:
-            raise ValueError(f"active_ranks must be a dense tensor with values, got a {active_ranks.layout} "
-                             f"tensor on {active_ranks.device}")
+        odd = unreadable(active_ranks)
+        if odd is not None:
+            raise ValueError(f"active_ranks must be a dense tensor with values, got {odd}")
         if active_ranks.dim() != 1:
             raise ValueError(f"active_ranks must be 1-D, got shape {tuple(active_ranks.shape)}")
         values = active_ranks.detach().to("cpu", torch.int64).tolist()

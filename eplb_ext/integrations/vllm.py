@@ -30,6 +30,7 @@ from torch import Tensor
 
 from .. import algorithms
 from .. import deepseek as ds
+from .._validate import unreadable
 from ..build_info import __version__
 from . import log_once
 
@@ -59,9 +60,9 @@ def _previous_kwargs(old: Optional[Tensor], num_layers: int, num_replicas: int, 
     if old is None:
         return {}
     old = torch.as_tensor(old)
-    if old.layout != torch.strided or old.is_meta:
-        raise ValueError(f"old_global_expert_indices must be a dense tensor with values, got a {old.layout} "
-                         f"tensor on {old.device}")
+    odd = unreadable(old)
+    if odd is not None:
+        raise ValueError(f"old_global_expert_indices must be a dense tensor with values, got {odd}")
     if old.is_floating_point() or old.is_complex() or old.dtype == torch.bool:
         raise TypeError(f"old_global_expert_indices has dtype {old.dtype}; expert ids must be integers")
     old = old.detach().to("cpu", torch.int64)
