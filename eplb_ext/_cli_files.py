@@ -30,7 +30,7 @@ class CliError(Exception):
         self.hint = hint
 
 
-def _first_line(exc: BaseException) -> str:
+def first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
 
@@ -61,7 +61,7 @@ def _pick_tensor(obj: object, path: str) -> Tensor:
         try:
             obj = torch.tensor(obj)
         except (TypeError, ValueError, RuntimeError, OverflowError) as exc:
-            raise CliError(f"{path}: the loads are not a rectangular array of numbers ({_first_line(exc)})") from None
+            raise CliError(f"{path}: the loads are not a rectangular array of numbers ({first_line(exc)})") from None
     if not isinstance(obj, Tensor):
         raise CliError(f"{path}: expected a tensor of loads, found {type(obj).__name__}")
     return _dense(obj, path)
@@ -84,13 +84,13 @@ def _read_pt(path: str) -> object:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         raise CliError(
-            f"{path}: holds objects other than tensors, numbers, lists and dicts ({_first_line(exc)})",
+            f"{path}: holds objects other than tensors, numbers, lists and dicts ({first_line(exc)})",
             hint="save only the load tensor, or a dict of tensors, with torch.save",
         ) from None
     except OSError:
         raise  # reported by _read_file
     except Exception as exc:  # a damaged file fails deep inside torch.load, with many exception types
-        raise CliError(f"{path}: not a readable torch file ({type(exc).__name__}: {_first_line(exc)})") from None
+        raise CliError(f"{path}: not a readable torch file ({type(exc).__name__}: {first_line(exc)})") from None
 
 
 def _read_npy(path: str) -> object:
@@ -101,7 +101,7 @@ def _read_npy(path: str) -> object:
     try:
         array = np.load(path, allow_pickle=False)
     except (ValueError, OSError, EOFError) as exc:
-        raise CliError(f"{path}: not a readable .npy array ({_first_line(exc)})") from None
+        raise CliError(f"{path}: not a readable .npy array ({first_line(exc)})") from None
     if not isinstance(array, np.ndarray):
         raise CliError(f"{path}: holds several arrays (.npz); save one array with numpy.save")
     if array.dtype.byteorder not in ("=", "|"):
@@ -109,7 +109,7 @@ def _read_npy(path: str) -> object:
     try:
         return torch.from_numpy(np.ascontiguousarray(array))
     except TypeError as exc:
-        raise CliError(f"{path}: array of dtype {array.dtype} is not a load ({_first_line(exc)})") from None
+        raise CliError(f"{path}: array of dtype {array.dtype} is not a load ({first_line(exc)})") from None
 
 
 def _read_json(path: str) -> object:
@@ -117,7 +117,7 @@ def _read_json(path: str) -> object:
         with open(path) as f:
             return json.load(f)
     except (ValueError, UnicodeDecodeError) as exc:
-        raise CliError(f"{path}: not valid JSON ({_first_line(exc)})") from None
+        raise CliError(f"{path}: not valid JSON ({first_line(exc)})") from None
     except RecursionError:
         raise CliError(f"{path}: JSON nested too deeply to read") from None
 
@@ -133,22 +133,22 @@ def _read_safetensors(path: str) -> object:
     try:
         return load_file(path, device="cpu")
     except Exception as exc:  # safetensors raises its own SafetensorError
-        raise CliError(f"{path}: not a readable .safetensors file ({_first_line(exc)})") from None
+        raise CliError(f"{path}: not a readable .safetensors file ({first_line(exc)})") from None
 
 
 _READERS = {".pt": _read_pt, ".pth": _read_pt, ".npy": _read_npy, ".json": _read_json, ".safetensors": _read_safetensors}
 
 
-def _extension(path: str) -> str:
+def extension(path: str) -> str:
     return os.path.splitext(path)[1].lower()
 
 
 def _read_file(path: str, formats: Tuple[str, ...], what: str, hint: str) -> object:
     """What the file at ``path`` holds, read by the reader of its extension
     (one of ``formats``); every failure is a CliError naming the file."""
-    reader = _READERS.get(_extension(path)) if _extension(path) in formats else None
+    reader = _READERS.get(extension(path)) if extension(path) in formats else None
     if reader is None:
-        raise CliError(f"{path}: unknown {what} format {_extension(path) or '(no extension)'!r}", hint=hint)
+        raise CliError(f"{path}: unknown {what} format {extension(path) or '(no extension)'!r}", hint=hint)
     if not os.path.exists(path):
         raise CliError(f"{path}: no such file")
     if os.path.isdir(path):
@@ -156,7 +156,7 @@ def _read_file(path: str, formats: Tuple[str, ...], what: str, hint: str) -> obj
     try:
         return reader(path)
     except OSError as exc:  # e.g. no permission
-        raise CliError(f"{path}: cannot read ({exc.strerror or _first_line(exc)})") from None
+        raise CliError(f"{path}: cannot read ({exc.strerror or first_line(exc)})") from None
 
 
 def read_loads(path: str) -> Tensor:
@@ -223,7 +223,7 @@ def drop_zero_steps(tokens: Tensor, drop: bool) -> Tuple[Tensor, Optional[str]]:
     return tokens[~zero], f"note: dropped {count} all-zero steps of {tokens.shape[0]} (--drop-zero-steps)"
 
 
-def _same_file(a: str, b: str) -> bool:
+def same_file(a: str, b: str) -> bool:
     try:
         return os.path.samefile(a, b)
     except OSError:  # one does not exist (yet)
@@ -234,16 +234,16 @@ def write_placement(path: str, outputs: Sequence[Tensor]) -> None:
     """Writes the three maps to ``.pt`` (tensors) or ``.json`` (nested lists)."""
     data = dict(zip(OUTPUT_KEYS, outputs))
     try:
-        if _extension(path) == ".json":
+        if extension(path) == ".json":
             with open(path, "w") as f:
                 json.dump({k: v.tolist() for k, v in data.items()}, f)
         else:
             torch.save(data, path)
     except (OSError, RuntimeError) as exc:  # torch.save reports a missing folder as RuntimeError
-        raise CliError(f"{path}: cannot write ({getattr(exc, 'strerror', None) or _first_line(exc)})") from None
+        raise CliError(f"{path}: cannot write ({getattr(exc, 'strerror', None) or first_line(exc)})") from None
 
 
-def _check_writable(path: str, what: str) -> None:
+def check_writable(path: str, what: str) -> None:
     """Fails early, before any work, when ``path`` cannot be created."""
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder):

@@ -28,14 +28,14 @@ from ._cli_files import (
     OUTPUT_FORMATS,
     OUTPUT_KEYS,
     CliError,
-    _check_writable,
-    _extension,
-    _first_line,
-    _same_file,
     check_previous,
+    check_writable,
     drop_zero_steps,
+    extension,
+    first_line,
     read_loads,
     read_placement,
+    same_file,
     write_placement,
 )
 from .algorithms import EplbAlgorithm, compute_algorithm, rebalance_experts
@@ -152,7 +152,7 @@ def _plot(plt, path: str, w: Tensor, before: Tensor, after: Tensor, num_gpus: in
     try:
         fig.savefig(path)
     except OSError as exc:
-        raise CliError(f"{path}: cannot write ({exc.strerror or _first_line(exc)})") from None
+        raise CliError(f"{path}: cannot write ({exc.strerror or first_line(exc)})") from None
     finally:
         plt.close(fig)
 
@@ -161,20 +161,20 @@ def _cmd_rebalance(args: argparse.Namespace) -> int:
     from .demo import TRIVIAL, Deployment, quality_rows
 
     # Everything that can be checked without computing is checked first.
-    if _extension(args.output) not in OUTPUT_FORMATS:
-        raise CliError(f"{args.output}: unknown output format {_extension(args.output)!r}", hint="write a .pt or .json file")
-    _check_writable(args.output, "the placement")
-    if not args.force and _same_file(args.output, args.input):
+    if extension(args.output) not in OUTPUT_FORMATS:
+        raise CliError(f"{args.output}: unknown output format {extension(args.output)!r}", hint="write a .pt or .json file")
+    check_writable(args.output, "the placement")
+    if not args.force and same_file(args.output, args.input):
         raise CliError(f"{args.output}: is the input file; writing the placement would replace the loads",
                        hint="choose another -o file, or pass --force to overwrite the input")
     plt = None
     if args.plot:
-        _check_writable(args.plot, "the plot")
+        check_writable(args.plot, "the plot")
         plt = _import_pyplot()
         kinds = plt.figure().canvas.get_supported_filetypes()
         plt.close("all")
-        if _extension(args.plot).lstrip(".") not in kinds:
-            raise CliError(f"{args.plot}: matplotlib cannot write {_extension(args.plot)!r} images", hint="use a .png, .svg or .pdf file")
+        if extension(args.plot).lstrip(".") not in kinds:
+            raise CliError(f"{args.plot}: matplotlib cannot write {extension(args.plot)!r} images", hint="use a .png, .svg or .pdf file")
     previous = read_placement(args.previous) if args.previous else None
     tokens, zero_note = drop_zero_steps(read_loads(args.input), args.drop_zero_steps)
     S, L, E = (1, *tokens.shape) if tokens.dim() == 2 else tuple(tokens.shape)
@@ -303,7 +303,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
             with open(args.json, "w") as f:
                 json.dump(dict(machine=info, preset=preset_name, seed=args.seed, rows=rows), f, indent=2)
         except OSError as exc:
-            raise CliError(f"{args.json}: cannot write ({exc.strerror or _first_line(exc)})") from None
+            raise CliError(f"{args.json}: cannot write ({exc.strerror or first_line(exc)})") from None
     return 0
 
 
@@ -536,7 +536,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             print(f"{PROG}: hint: {exc.hint}", file=sys.stderr)
         return EXIT_USAGE
     except MemoryError as exc:  # e.g. a placement of 2**30 slots
-        print(f"{PROG}: error: out of memory ({_first_line(exc)})", file=sys.stderr)
+        print(f"{PROG}: error: out of memory ({first_line(exc)})", file=sys.stderr)
         print(f"{PROG}: hint: place fewer layers or slots at a time", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
