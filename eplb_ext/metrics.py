@@ -26,8 +26,9 @@ Over several layers (``overall_balancedness``) two numbers are reported:
 for its slowest GPU, so ``aggregate`` is the ideal time over the actual time
 of a forward pass: it weighs busy layers more than idle ones.
 
-Functions that must check placement values (``gpu_loads`` and the functions
-built on it) read a few booleans on the host, a synchronisation on a GPU.
+Functions that check values (every load for NaN; placement ids in
+``gpu_loads`` and the functions built on it) read a few booleans on the
+host, a synchronisation on a GPU.
 """
 
 from __future__ import annotations
@@ -65,27 +66,36 @@ def expert_load(load: Tensor) -> Tensor:
         load: ``[L, E]`` or ``[S, L, E]`` (summed over steps), any integer or
             floating dtype, any device.
     """
+    _check_load(load)
+    if load.dim() == 3:
+        # Integers: exact int64 sum, one conversion; floats: float64 sum.
+        load = load.sum(dim=0, dtype=_F64 if load.is_floating_point() else _I64)
+    return _without_nan(load.to(_F64))
+
+
+def _check_load(load: object) -> None:
     if not isinstance(load, Tensor):
         raise TypeError(f"load must be a torch.Tensor, got {type(load).__name__}")
     if load.dim() not in (2, 3):
         raise ValueError(f"load must be [L, E] or [S, L, E], got shape {tuple(load.shape)}")
     if load.dtype == torch.bool or load.is_complex():
         raise TypeError(f"load has dtype {load.dtype}; expected an integer or floating dtype")
-    if load.dim() == 3:
-        # Integers: exact int64 sum, one conversion; floats: float64 sum.
-        load = load.sum(dim=0, dtype=_F64 if load.is_floating_point() else _I64)
-    load = load.to(_F64)
-    if load.numel() > 0 and bool(load.isnan().any()):
+
+
+def _without_nan(w: Tensor) -> Tensor:
+    """``w`` (float64), or a ValueError if it holds NaN (a host read)."""
+    if w.numel() > 0 and bool(w.isnan().any()):
         raise ValueError("load holds NaN: a placement has no balancedness on it")
-    return load
+    return w
 
 
 def _describe(x: object) -> str:
     return f"shape {tuple(x.shape)}" if isinstance(x, Tensor) else type(x).__name__
 
 
-def _check_map(phy2log: Tensor, num_layers: int, num_experts: Optional[int], num_gpus: int) -> Tensor:
-    """Checks ``physical_to_logical_map`` against the load; returns it as int64."""
+def _check_map(phy2log: Tensor, num_layers: Optional[int], num_experts: Optional[int], num_gpus: int) -> Tensor:
+    """Checks ``physical_to_logical_map`` against the load (any number of
+    layers with ``num_layers`` None); returns it as int64."""
     if not isinstance(phy2log, Tensor):
         raise TypeError(f"physical_to_logical_map must be a torch.Tensor, got {type(phy2log).__name__}")
     if phy2log.dim() != 2:
@@ -93,7 +103,7 @@ def _check_map(phy2log: Tensor, num_layers: int, num_experts: Optional[int], num
     if phy2log.is_floating_point() or phy2log.is_complex() or phy2log.dtype == torch.bool:
         raise TypeError(f"physical_to_logical_map must have an integer dtype, got {phy2log.dtype}")
     L, P = phy2log.shape
-    if L != num_layers:
+    if num_layers is not None and L != num_layers:
         raise ValueError(f"physical_to_logical_map has {L} layers but the load has {num_layers}")
     if isinstance(num_gpus, bool) or not isinstance(num_gpus, int) or num_gpus < 1:
         raise ValueError(f"num_gpus must be a positive integer, got {num_gpus!r}")
@@ -116,11 +126,7 @@ def replica_counts(physical_to_logical_map: Tensor, num_experts: int) -> Tensor:
     """
     if isinstance(num_experts, bool) or not isinstance(num_experts, int) or num_experts < 0:
         raise ValueError(f"num_experts must be an integer >= 0, got {num_experts!r}")
-    if not isinstance(physical_to_logical_map, Tensor):
-        raise TypeError(f"physical_to_logical_map must be a torch.Tensor, got {type(physical_to_logical_map).__name__}")
-    phy2log = _check_map(physical_to_logical_map, physical_to_logical_map.shape[0] if physical_to_logical_map.dim() == 2
-                         else -1, num_experts, 1)
-    return _counts(phy2log, num_experts)
+    return _counts(_check_map(physical_to_logical_map, None, num_experts, 1), num_experts)
 
 
 def _counts(phy2log: Tensor, num_experts: int) -> Tensor:
@@ -166,12 +172,10 @@ def gpu_loads(
     GPU load = sum over its slots of ``w[expert] / count[expert]``.
     """
     if per_step:
-        if not isinstance(load, Tensor):
-            raise TypeError(f"load must be a torch.Tensor, got {type(load).__name__}")
+        _check_load(load)
         if load.dim() != 3:
             raise ValueError("per_step=True needs a [S, L, E] load")
-        expert_load(load)  # the dtype and value checks
-        w = load.to(_F64)
+        w = _without_nan(load.to(_F64))
     else:
         w = expert_load(load)
     L, E = w.shape[-2:]
