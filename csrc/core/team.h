@@ -19,6 +19,9 @@
 //    team.single_result(f) also hands f()'s value to every lane;
 //  * team.fold(n, init, visit, merge): per-lane accumulators merged into
 //    one, for picks whose order is not one packed key (see LaneTeam::fold).
+//  * team.compact(n, pred, out): the i in [0, n) with pred(i), written to
+//    out in ascending order; returns their number, the same on every lane.
+//    pred must read only what a barrier made visible to every lane.
 //
 // Two teams run the same code:
 //  * LaneTeam<W> (host, here): W emulated lanes, each loop run lane by lane
@@ -89,6 +92,14 @@ struct LaneTeam {
       for (int32_t lane = 0; lane < W; ++lane) part[lane] = next[lane];
     }
     return part[0];
+  }
+  template <typename F>
+  int32_t compact(int32_t n, const F& pred, int32_t* out) const {
+    int32_t m = 0;
+    for (int32_t i = 0; i < n; ++i) {
+      if (pred(i)) out[m++] = i;
+    }
+    return m;
   }
   template <typename F>
   uint64_t max_key(int32_t n, const F& key) const {

@@ -3,11 +3,11 @@
 // the CPU tests run through LaneTeam. The CPU op keeps the sequential core
 // (vec.h); both give the same bits.
 //
-// Per step the chunk keeps only its top score, that expert, the second
-// score (and an expert holding it) and the top expert's own value (valt).
-// A pick lowers one expert's scores; at a step where that expert was neither
-// top nor holder of the second score, the top, the second score and valt
-// are unchanged, so only the other steps are rescanned.
+// Per step the chunk keeps a short list of its first experts by score
+// (kVecTop, below) and the top expert's own value (valt). A pick lowers one
+// expert's scores, which the lists absorb without a scan (vec_update_step):
+// a step is scanned again only when its list runs short, a few times per
+// layer instead of at every pick that touches its top two.
 #pragma once
 
 #include "team.h"
@@ -15,10 +15,12 @@
 
 namespace eplb {
 
-// One layer, shared by its chunks: the loads as float32, expert-major
-// (tt[e * S + s], original ids), the sums over steps and the renumbering.
+// One layer, shared by its chunks: the loads as float32, step-major
+// (tt[s * E + e], original ids: a lane scanning one step's experts reads
+// consecutive words), the sums over steps and the renumbering.
 struct VecLayer {
-  float* tt;            // E * S
+  int64_t E;
+  float* tt;            // S * E
   float* expert_sum;    // E
   int32_t* orig;        // E   renumbered -> original expert
   float* group_w;       // C
@@ -30,6 +32,7 @@ struct VecLayer {
 EPLB_HD int64_t vec_layer_scratch(VecDims d, void* buf, VecLayer* out) {
   Carver c{(char*)buf, 0};
   VecLayer s;
+  s.E = d.E;
   s.tt = c.take<float>((int64_t)d.E * d.S);
   s.expert_sum = c.take<float>(d.E);
   s.orig = c.take<int32_t>(d.E);
@@ -41,6 +44,14 @@ EPLB_HD int64_t vec_layer_scratch(VecDims d, void* buf, VecLayer* out) {
   return c.off;
 }
 
+// Every step keeps the first kVecTop experts of its order (score
+// descending, then index ascending: the tie rule), as keys: a pick lowers
+// one expert's scores, which moves it later in that order and leaves every
+// other expert where it was, so a step's list stays exact after a pick
+// without looking at the experts outside it (see vec_update_step); only a
+// step whose list runs short is scanned again.
+constexpr int32_t kVecTop = 8;
+
 // One chunk's state: small enough for shared memory at realistic S.
 struct VecTeamChunk {
   int32_t* cnt;     // Ec
@@ -49,11 +60,10 @@ struct VecTeamChunk {
   int32_t* prank;   // Pc
   int32_t* newpos;  // Pc
   uint64_t* keys;   // next_pow2(Pc)  slot sort keys
-  float* v1;        // S   top score
-  int32_t* i1;      // S   its expert (first on ties)
-  float* v2;        // S   largest score of the other experts
-  int32_t* i2;      // S   an expert with score v2
-  float* valt;      // S   the top expert's value: max(its relief, v2)
+  uint64_t* top;    // kVecTop * S  top[r * S + st]: step st's r-th expert, as vec_key
+  int32_t* tn;      // S   entries in step st's list
+  int32_t* redo;    // S   the steps to scan again
+  float* valt;      // S   the top expert's value: max(its relief, the second score)
 };
 
 EPLB_HD int64_t vec_chunk_scratch(VecDims d, void* buf, VecTeamChunk* out) {
@@ -61,26 +71,25 @@ EPLB_HD int64_t vec_chunk_scratch(VecDims d, void* buf, VecTeamChunk* out) {
   Carver c{(char*)buf, 0};
   VecTeamChunk s;
   s.keys = c.take<uint64_t>(next_pow2(pn));
+  s.top = c.take<uint64_t>(kVecTop * d.S);
   s.cnt = c.take<int32_t>(en);
   s.orig = c.take<int32_t>(en);
   s.p2l = c.take<int32_t>(pn);
   s.prank = c.take<int32_t>(pn);
   s.newpos = c.take<int32_t>(pn);
-  s.v1 = c.take<float>(d.S);
-  s.i1 = c.take<int32_t>(d.S);
-  s.v2 = c.take<float>(d.S);
-  s.i2 = c.take<int32_t>(d.S);
+  s.tn = c.take<int32_t>(d.S);
+  s.redo = c.take<int32_t>(d.S);
   s.valt = c.take<float>(d.S);
   if (out) *out = s;
   return c.off;
 }
-
 // Sum over steps of expert e (the additions of sum_over_steps_one, so the
-// same float32), storing its float32 loads on the way. Loads are read a
+// same float32), storing its float32 loads on the way (at col[s * stride]). Loads are read a
 // block ahead of the additions, which keeps several reads of a GPU thread
 // in flight; the additions stay in step order.
 template <typename T>
-EPLB_HD float vec_load_expert(const Loads<T>& t, int64_t l, int64_t e, float* row) {
+EPLB_HD float vec_load_expert(const Loads<T>& t, int64_t l, int64_t e, float* col,
+                              int64_t stride) {
   constexpr int kAhead = 8;
   constexpr bool kInt = std::is_integral<T>::value;
   Sum128 acc{0, 0};
@@ -91,7 +100,7 @@ EPLB_HD float vec_load_expert(const Loads<T>& t, int64_t l, int64_t e, float* ro
     for (int i = 0; i < kAhead; ++i) {
       if (s0 + i >= t.S) break;
       const float f = to_f32<T>(v[i]);
-      row[s0 + i] = f;
+      col[(s0 + i) * stride] = f;
       if constexpr (kInt) {
         acc.add((uint64_t)v[i]);
       } else {
@@ -108,7 +117,7 @@ template <typename Team, typename T>
 EPLB_HD void vec_team_prepare(const Team& team, const Loads<T>& t, int64_t l, VecDims d,
                               VecLayer s) {
   team.for_each(d.E, [&](int32_t e) {
-    s.expert_sum[e] = vec_load_expert(t, l, e, s.tt + (int64_t)e * d.S);
+    s.expert_sum[e] = vec_load_expert(t, l, e, s.tt + e, d.E);
   });
   team.sync();
   team.single([&] {
@@ -124,80 +133,172 @@ EPLB_HD void vec_team_prepare(const Team& team, const Loads<T>& t, int64_t l, Ve
   });
 }
 
-// score = (t + e * 1e-4) / count and relief = t / (count + 1), each
-// operation rounded to float32, for chunk expert j at step st.
-EPLB_HD float vec_score(const VecLayer& ly, const VecTeamChunk& c, int64_t S, int32_t e0,
-                        int32_t j, int64_t st) {
-  const float num = ly.tt[(int64_t)c.orig[j] * S + st] + (float)(e0 + j) * 0.0001f;
-  return div_f32(num, (float)c.cnt[j]);
+// Step st's load of chunk expert j, and the score (t + e * 1e-4) / count
+// of a load t, each operation rounded to float32.
+EPLB_HD float vec_load(const VecLayer& ly, const VecTeamChunk& c, int32_t j, int64_t st) {
+  return ly.tt[st * ly.E + c.orig[j]];
+}
+EPLB_HD float vec_score(float t, int32_t e0, int32_t j, int32_t count) {
+  const float num = t + (float)(e0 + j) * 0.0001f;
+  return div_f32(num, (float)count);
 }
 
-EPLB_HD void vec_store_tops(const VecLayer& ly, const VecTeamChunk& c, int64_t S, int64_t st,
-                            float v1, int32_t i1, float v2, int32_t i2) {
-  const float relief = div_f32(ly.tt[(int64_t)c.orig[i1] * S + st], (float)(c.cnt[i1] + 1));
-  c.v1[st] = v1;
-  c.i1[st] = i1;
-  c.v2[st] = v2;
-  c.i2[st] = i2;
+// A step's order as one unsigned key: the larger score first, then the
+// lower index (the CPU's trees let the lower index win equal scores).
+// Scores of loads >= 0 are >= +0, which nonneg_bits orders; the score
+// comes back from the key unchanged (+0 for -0, which no load >= 0 gives).
+// 0 is no expert's key: it marks an empty entry.
+EPLB_HD uint64_t vec_key(float score, int32_t j) {
+  return ((uint64_t)nonneg_bits(score) << 32) | (uint32_t)~(uint32_t)j;
+}
+EPLB_HD int32_t vec_key_expert(uint64_t key) { return (int32_t)~(uint32_t)key; }
+EPLB_HD float vec_key_score(uint64_t key) {
+  const uint32_t bits = (uint32_t)(key >> 32);
+  float f;
+  memcpy(&f, &bits, sizeof(f));
+  return f;
+}
+
+// The first kVecTop keys seen, in order, 0-padded.
+struct VecTop {
+  uint64_t key[kVecTop];
+  EPLB_HD void add(uint64_t k) {
+    if (!(k > key[kVecTop - 1])) return;
+    for (int32_t r = 0; r < kVecTop; ++r) {
+      if (k > key[r]) {
+        const uint64_t t = key[r];
+        key[r] = k;
+        k = t;
+      }
+    }
+  }
+};
+
+// The first kVecTop of two lists' keys: keys are unique, so any split of
+// the experts over lanes merges to the same list. The larger of a[r] and
+// b[kVecTop - 1 - r] over r are those keys as a bitonic sequence, which
+// half-cleaners sort (fixed indices only: a GPU keeps the lists in
+// registers).
+EPLB_HD VecTop vec_top_merge(const VecTop& a, const VecTop& b) {
+  VecTop r;
+  for (int32_t i = 0; i < kVecTop; ++i) {
+    const uint64_t x = a.key[i], y = b.key[kVecTop - 1 - i];
+    r.key[i] = x > y ? x : y;
+  }
+  for (int32_t h = kVecTop / 2; h > 0; h /= 2) {
+    for (int32_t i = 0; i < kVecTop; ++i) {
+      if ((i & h) != 0) continue;
+      const uint64_t x = r.key[i], y = r.key[i + h];
+      r.key[i] = x > y ? x : y;
+      r.key[i + h] = x > y ? y : x;
+    }
+  }
+  return r;
+}
+
+// Stores step st's list (n >= 1 entries) and valt: max(the top expert's
+// relief t / (count + 1), the second score), -inf for the second score of
+// a one-expert chunk.
+EPLB_HD void vec_store_step(const VecLayer& ly, const VecTeamChunk& c, int64_t S, int64_t st,
+                            const VecTop& top) {
+  int32_t n = 0;
+  for (int32_t r = 0; r < kVecTop; ++r) {
+    c.top[r * S + st] = top.key[r];
+    n += top.key[r] != 0;
+  }
+  c.tn[st] = n;
+  const int32_t i1 = vec_key_expert(top.key[0]);
+  const float relief = div_f32(vec_load(ly, c, i1, st), (float)(c.cnt[i1] + 1));
+  const float v2 = n >= 2 ? vec_key_score(top.key[1]) : neg_inf();
   c.valt[st] = relief > v2 ? relief : v2;
 }
 
-// Step st's tops on one lane, experts scanned in index order with strict
-// comparisons: the first expert wins equal scores, as in the CPU's trees.
-EPLB_HD void vec_step_tops(const VecLayer& ly, const VecTeamChunk& c, int64_t S, int32_t e0,
+// Step st's list by one lane, the loads read a few experts ahead of their
+// use, which keeps several reads of a GPU thread in flight.
+EPLB_HD void vec_scan_step(const VecLayer& ly, const VecTeamChunk& c, int64_t S, int32_t e0,
                            int32_t en, int64_t st) {
-  float v1 = vec_score(ly, c, S, e0, 0, st), v2 = neg_inf();
-  int32_t i1 = 0, i2 = 0;
-  for (int32_t j = 1; j < en; ++j) {
-    const float x = vec_score(ly, c, S, e0, j, st);
-    if (x > v1) {
-      v2 = v1, i2 = i1, v1 = x, i1 = j;
-    } else if (x > v2) {
-      v2 = x, i2 = j;
+  constexpr int32_t kAhead = 8;
+  VecTop top{};
+  for (int32_t j0 = 0; j0 < en; j0 += kAhead) {
+    float t[kAhead];
+    for (int32_t i = 0; i < kAhead; ++i) t[i] = j0 + i < en ? vec_load(ly, c, j0 + i, st) : 0.0f;
+    for (int32_t i = 0; i < kAhead && j0 + i < en; ++i) {
+      const int32_t j = j0 + i;
+      top.add(vec_key(vec_score(t[i], e0, j, c.cnt[j]), j));
     }
   }
-  vec_store_tops(ly, c, S, st, v1, i1, v2, i2);
+  vec_store_step(ly, c, S, st, top);
 }
 
-// The same tops by two reductions over the experts (for few steps, where a
-// lane per step would leave most lanes idle): keys pack (score, ~index), so
-// the largest is the first top, whatever the reduction order; the second is
-// the largest key among the other experts. Scores of loads >= 0 are >= +0,
-// which nonneg_bits orders; key 0 is no expert's.
+// The same list by a fold over the experts (for few steps, where a lane
+// per step would leave most lanes idle).
 template <typename Team>
-EPLB_HD void vec_step_tops_team(const Team& team, const VecLayer& ly, const VecTeamChunk& c,
+EPLB_HD void vec_fill_step_team(const Team& team, const VecLayer& ly, const VecTeamChunk& c,
                                 int64_t S, int32_t e0, int32_t en, int64_t st) {
-  auto key = [&](int32_t j) {
-    return ((uint64_t)nonneg_bits(vec_score(ly, c, S, e0, j, st)) << 32) | (uint32_t)~(uint32_t)j;
-  };
-  const int32_t i1 = (int32_t)~(uint32_t)team.max_key(en, key);
-  const uint64_t k2 = team.max_key(en, [&](int32_t j) { return j == i1 ? 0 : key(j); });
-  team.single([&] {
-    const int32_t i2 = en > 1 ? (int32_t)~(uint32_t)k2 : 0;
-    const float v2 = en > 1 ? vec_score(ly, c, S, e0, i2, st) : neg_inf();
-    vec_store_tops(ly, c, S, st, vec_score(ly, c, S, e0, i1, st), i1, v2, i2);
-  });
+  const VecTop top = team.fold(
+      en, VecTop{},
+      [&](int32_t j, VecTop& acc) { acc.add(vec_key(vec_score(vec_load(ly, c, j, st), e0, j, c.cnt[j]), j)); },
+      vec_top_merge);
+  team.single([&] { vec_store_step(ly, c, S, st, top); });
 }
 
-// Recomputes the tops of every step (picked < 0), or after expert `picked`
-// got a replica, of the steps where it was top or held the second score.
-// Both ways give the same values; the reductions run for few steps per
-// expert, where the scans of a lane per step would take longer.
+// Step st after chunk expert j got a replica, on one lane. Only j's key
+// changed, and it moved later in the order. Every expert outside the list
+// comes after the list's last key (true after a scan, and kept here), so:
+// j outside stays outside, nothing changes; j inside leaves its place and
+// goes back in where its new key falls if that is before the last key of
+// the others (or if the list holds every expert), else it drops out. When
+// fewer than two entries remain (one for a one-expert chunk), tn says so
+// and the list is left unstored: the step must be scanned again.
+EPLB_HD void vec_update_step(const VecLayer& ly, const VecTeamChunk& c, int64_t S, int32_t e0,
+                             int32_t en, int64_t st, int32_t j) {
+  // Fixed indices into the lists, as in vec_top_merge.
+  const int32_t n = c.tn[st];
+  uint64_t a[kVecTop];
+  int32_t p = n;
+  for (int32_t r = 0; r < kVecTop; ++r) {
+    a[r] = r < n ? c.top[r * S + st] : 0;
+    if (p == n && r < n && vec_key_expert(a[r]) == j) p = r;
+  }
+  if (p == n) return;
+  VecTop top;
+  const int32_t m = n - 1;
+  uint64_t last = 0;
+  for (int32_t r = 0; r < kVecTop; ++r) {
+    top.key[r] = r < p ? a[r] : (r + 1 < kVecTop ? a[r + 1] : 0);
+    if (r == m - 1) last = top.key[r];
+  }
+  const uint64_t kj = vec_key(vec_score(vec_load(ly, c, j, st), e0, j, c.cnt[j]), j);
+  const bool back = en <= kVecTop || (m > 0 && kj > last);
+  if (back) top.add(kj);
+  if (m + (int32_t)back < (en < 2 ? en : 2)) {
+    c.tn[st] = m + (int32_t)back;
+  } else {
+    vec_store_step(ly, c, S, st, top);
+  }
+}
+
+// Fills every step's list (picked < 0), or brings them up to date after
+// expert `picked` got a replica and scans again the steps whose list ran
+// short. Those are gathered first, so that the scans fill whole warps.
 template <typename Team>
 EPLB_HD void vec_team_tops(const Team& team, const VecLayer& ly, const VecTeamChunk& c,
                            int64_t S, int32_t e0, int32_t en, int32_t picked) {
-  auto dirty = [&](int64_t st) { return picked < 0 || c.i1[st] == picked || c.i2[st] == picked; };
+  // S <= 2^31 - 1 (checked by the ops): steps fit the team's int32 indices.
+  int32_t m = (int32_t)S;
+  if (picked >= 0) {
+    team.for_each((int32_t)S, [&](int32_t st) { vec_update_step(ly, c, S, e0, en, st, picked); });
+    team.sync();
+    const int32_t need = en < 2 ? en : 2;
+    m = team.compact((int32_t)S, [&](int32_t st) { return c.tn[st] < need; }, c.redo);
+  }
+  auto step = [&](int32_t i) -> int64_t { return picked >= 0 ? c.redo[i] : i; };
   if (S * 64 <= en) {
-    // dirty(st) reads state written before the last barrier: every lane
-    // takes the same branch, as the reductions' barriers need.
-    for (int64_t st = 0; st < S; ++st) {
-      if (dirty(st)) vec_step_tops_team(team, ly, c, S, e0, en, st);
-    }
+    // m and redo were written before a barrier: every lane takes the same
+    // branches, as the folds' barriers need.
+    for (int32_t i = 0; i < m; ++i) vec_fill_step_team(team, ly, c, S, e0, en, step(i));
   } else {
-    // S <= 2^31 - 1 (checked by the ops): steps fit the team's int32 indices.
-    team.for_each((int32_t)S, [&](int32_t st) {
-      if (dirty(st)) vec_step_tops(ly, c, S, e0, en, st);
-    });
+    team.for_each(m, [&](int32_t i) { vec_scan_step(ly, c, S, e0, en, step(i)); });
     team.sync();
   }
 }
@@ -213,7 +314,10 @@ template <typename Team>
 EPLB_HD int32_t vec_team_pick(const Team& team, const VecTeamChunk& c, int64_t S, int32_t en) {
   const uint64_t key = team.min_key(en, [&](int32_t j) {
     float v = 0.0f;
-    for (int64_t st = 0; st < S; ++st) v = v + (c.i1[st] == j ? c.valt[st] : c.v1[st]);
+    for (int64_t st = 0; st < S; ++st) {
+      const uint64_t k1 = c.top[st];
+      v = v + (vec_key_expert(k1) == j ? c.valt[st] : vec_key_score(k1));
+    }
     return ((uint64_t)nonneg_bits(v) << 32) | (uint32_t)j;
   });
   return (int32_t)(uint32_t)key;

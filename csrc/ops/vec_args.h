@@ -4,7 +4,7 @@
 
 #include <tuple>
 
-#include "../core/vec.h"
+#include "../core/vec_team.h"
 #include "tensor_utils.h"
 
 namespace eplb {
@@ -12,13 +12,13 @@ namespace eplb {
 // The step-aware variants keep every step's loads and per-step state in
 // scratch. The CPU core (vec.h) keeps a tree per step: about
 // S * (4 E + 24 next_pow2(E / N)) bytes per layer; the team code of the
-// CUDA kernels (vec_team.h, `team`) keeps 20 bytes per step and chunk: about
-// S * (4 E + 24 N). Checked before anything is read, so an absurd S fails at
-// once instead of after a scan.
+// CUDA kernels (vec_team.h, `team`) keeps 8 kVecTop + 12 bytes per step and
+// chunk: about S * (4 E + 76 N). Checked before anything is read, so an
+// absurd S fails at once instead of after a scan.
 inline void check_vec_scratch(const Placement& a, bool team = false) {
   int64_t n2 = 1;
   while (n2 < a.E / a.N) n2 *= 2;
-  const int64_t per_step = team ? checked_mul_add(4, a.E, checked_mul_add(24, a.N))
+  const int64_t per_step = team ? checked_mul_add(4, a.E, checked_mul_add(8 * kVecTop + 12, a.N))
                                 : checked_mul_add(4, a.E, checked_mul_add(24, n2, 64));
   const int64_t bytes = checked_mul_add(a.S, per_step, checked_mul_add(64, a.E + a.P, 4096));
   EPLB_CHECK_MEMORY(per_step >= 0 && bytes >= 0 && bytes <= (int64_t{1} << 50),

@@ -121,6 +121,20 @@ struct WarpTeam {
     return warp_merge(acc, merge);
   }
   template <typename F>
+  __device__ int32_t compact(int32_t n, const F& pred, int32_t* out) const {
+    const uint32_t below = (1u << lane()) - 1u;
+    int32_t total = 0;
+    for (int32_t base = 0; base < n; base += 32) {
+      const int32_t i = base + lane();
+      const bool p = i < n && pred(i);
+      const uint32_t votes = __ballot_sync(0xffffffffu, p);
+      if (p) out[total + __popc(votes & below)] = i;
+      total += __popc(votes);
+    }
+    __syncwarp();
+    return total;
+  }
+  template <typename F>
   __device__ uint64_t max_key(int32_t n, const F& key) const {
     return warp_reduce<true>(lane_extreme<true>(lane(), 32, n, key));
   }
@@ -199,6 +213,29 @@ struct BlockTeam {
   __device__ void single(const F& f) const {
     if (threadIdx.x == 0) f();
     __syncthreads();
+  }
+  // One round per blockDim indices: a ballot per warp, the warps' counts
+  // through `red`, each index written at its rank.
+  template <typename F>
+  __device__ int32_t compact(int32_t n, const F& pred, int32_t* out) const {
+    const uint32_t lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
+    int32_t total = 0;
+    for (int32_t base = 0; base < n; base += (int32_t)blockDim.x) {
+      const int32_t i = base + (int32_t)threadIdx.x;
+      const bool p = i < n && pred(i);
+      const uint32_t votes = __ballot_sync(0xffffffffu, p);
+      if (lane == 0) red[warp] = (uint64_t)__popc(votes);
+      __syncthreads();
+      int32_t before = total;
+      for (uint32_t w = 0; w < warps; ++w) {
+        const int32_t c = (int32_t)red[w];
+        before += w < warp ? c : 0;
+        total += c;
+      }
+      if (p) out[before + __popc(votes & ((1u << lane) - 1u))] = i;
+      __syncthreads();  // red is reused; out is complete after the last round
+    }
+    return total;
   }
   template <typename F>
   __device__ uint64_t max_key(int32_t n, const F& key) const {
