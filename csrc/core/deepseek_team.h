@@ -35,23 +35,9 @@ EPLB_HD void team_balanced_pack(const Team& team, int32_t n, int32_t m, bool sho
   });
   team.sync();
   bitonic_sort(team, keys, n2);
-  for (int32_t r = 0; r < n; ++r) {
-    const int32_t item = (int32_t)(uint32_t)keys[r];
-    // The order of packing.h's keys, full packs last: the first lightest
-    // open pack (one is open while items remain). Open packs stay below ~0u
-    // even for weights the ops reject (negative, NaN), so the pick is never
-    // a full pack.
-    const int32_t best = team.arg_min(m, [&](int32_t p) {
-      const uint32_t bits = nonneg_bits(pack_w[p]);
-      return pack_n[p] >= cap ? ~0u : (bits < ~0u ? bits : ~0u - 1);
-    });
-    team.single([&] {
-      place(item, best, pack_n[best]);
-      pack_w[best] = pack_w[best] + weight(item);
-      pack_n[best] += 1;
-    });
-  }
-  team.sync();
+  team.pack_picks(
+      n, m, cap, [&](int32_t r) { return (int32_t)(uint32_t)keys[r]; }, weight, pack_w, pack_n,
+      place);
 }
 
 // Greedy replication of n experts into p slots (SPEC "Greedy replication"),

@@ -22,6 +22,9 @@
 //  * team.compact(n, pred, out): the i in [0, n) with pred(i), written to
 //    out in ascending order; returns their number, the same on every lane.
 //    pred must read only what a barrier made visible to every lane.
+//  * team.pack_picks(n, m, cap, item, weight, pack_w, pack_n, place): the
+//    picks of a balanced packing (see pack_picks below); a warp keeps the
+//    packs in registers.
 //
 // Two teams run the same code:
 //  * LaneTeam<W> (host, here): W emulated lanes, each loop run lane by lane
@@ -50,6 +53,45 @@ EPLB_HD int32_t packed_arg_min(const Team& team, int32_t n, const F& key) {
 template <typename Team, typename F>
 EPLB_HD int32_t packed_arg_max(const Team& team, int32_t n, const F& key) {
   return (int32_t)~(uint32_t)team.max_key(n, [&](int32_t i) { return ((uint64_t)key(i) << 32) | ~(uint32_t)i; });
+}
+
+// Ordered bits of a float that is >= 0 or -0: +0 and -0 give the same key,
+// and larger values give larger keys.
+EPLB_HD uint32_t nonneg_bits(float w) {
+  const float z = w + 0.0f;
+  uint32_t bits;
+  memcpy(&bits, &z, sizeof(bits));
+  return bits;
+}
+
+// A pack's key in a balanced packing: an open pack before a full one, then
+// the lighter (the order of packing.h's keys). Open packs stay below ~0u
+// even for weights the ops reject (negative, NaN), so the pick is never a
+// full pack.
+EPLB_HD uint32_t open_pack_key(float w, int32_t count, int32_t cap) {
+  const uint32_t bits = nonneg_bits(w);
+  return count >= cap ? ~0u : (bits < ~0u ? bits : ~0u - 1);
+}
+
+// The picks of a balanced packing of n = m * cap items into m packs: for r
+// = 0, 1, ..., item(r) goes to the first lightest open pack p, which
+// place(item, p, rank in p) receives on one lane; pack_w and pack_n (m
+// each, as they start) end as the packs' weights and counts. One pick
+// after another: each depends on the last.
+template <typename Team, typename Item, typename Weight, typename Place>
+EPLB_HD void generic_pack_picks(const Team& team, int32_t n, int32_t m, int32_t cap,
+                                const Item& item, const Weight& weight, float* pack_w,
+                                int32_t* pack_n, const Place& place) {
+  for (int32_t r = 0; r < n; ++r) {
+    const int32_t it = item(r);
+    const int32_t best = team.arg_min(m, [&](int32_t p) { return open_pack_key(pack_w[p], pack_n[p], cap); });
+    team.single([&] {
+      place(it, best, pack_n[best]);
+      pack_w[best] = pack_w[best] + weight(it);
+      pack_n[best] += 1;
+    });
+  }
+  team.sync();
 }
 
 template <int W>
@@ -113,6 +155,11 @@ struct LaneTeam {
   int32_t arg_min(int32_t n, const F& key) const {
     return packed_arg_min(*this, n, key);
   }
+  template <typename Item, typename Weight, typename Place>
+  void pack_picks(int32_t n, int32_t m, int32_t cap, const Item& item, const Weight& weight,
+                  float* pack_w, int32_t* pack_n, const Place& place) const {
+    generic_pack_picks(*this, n, m, cap, item, weight, pack_w, pack_n, place);
+  }
   template <typename F>
   int32_t arg_max(int32_t n, const F& key) const {
     return packed_arg_max(*this, n, key);
@@ -128,15 +175,6 @@ struct LaneTeam {
         [&](int32_t i, uint64_t& acc) { acc = pick(acc, key(i)); }, pick);
   }
 };
-
-// Ordered bits of a float that is >= 0 or -0: +0 and -0 give the same key,
-// and larger values give larger keys.
-EPLB_HD uint32_t nonneg_bits(float w) {
-  const float z = w + 0.0f;
-  uint32_t bits;
-  memcpy(&bits, &z, sizeof(bits));
-  return bits;
-}
 
 // Sorts n2 unique keys (n2 a power of two; pad with ~0 to sort n < n2 keys
 // ascending and keep them first) by a bitonic network. Every pass is one

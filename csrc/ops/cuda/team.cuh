@@ -121,7 +121,7 @@ struct WarpTeam {
     return warp_merge(acc, merge);
   }
   template <typename F>
-  __device__ int32_t compact(int32_t n, const F& pred, int32_t* out) const {
+  __device__ __forceinline__ int32_t compact(int32_t n, const F& pred, int32_t* out) const {
     const uint32_t below = (1u << lane()) - 1u;
     int32_t total = 0;
     for (int32_t base = 0; base < n; base += 32) {
@@ -153,6 +153,40 @@ struct WarpTeam {
     uint32_t best, idx;
     lane_arg<true>(lane(), 32, n, key, best, idx);
     return (int32_t)warp_arg<true>(best, idx);
+  }
+  // Up to 32 packs: lane p keeps pack p's weight and count in registers, so
+  // a pick is the key, the reduction and the winner's addition, with the
+  // next item read ahead; no shared-memory round trip between picks. The
+  // same keys, reduction and float additions as generic_pack_picks.
+  template <typename Item, typename Weight, typename Place>
+  __device__ __forceinline__ void pack_picks(int32_t n, int32_t m, int32_t cap, const Item& item,
+                             const Weight& weight, float* pack_w, int32_t* pack_n,
+                             const Place& place) const {
+    if (m > 32) {
+      generic_pack_picks(*this, n, m, cap, item, weight, pack_w, pack_n, place);
+      return;
+    }
+    const int32_t me = lane();
+    const bool mine = me < m;
+    float w = mine ? pack_w[me] : 0.0f;
+    int32_t count = mine ? pack_n[me] : cap;
+    int32_t it = n > 0 ? item(0) : 0;
+    float wt = n > 0 ? weight(it) : 0.0f;
+    for (int32_t r = 0; r < n; ++r) {
+      const int32_t it_next = r + 1 < n ? item(r + 1) : 0;
+      const float wt_next = r + 1 < n ? weight(it_next) : 0.0f;
+      const uint32_t best = warp_arg<false>(mine ? open_pack_key(w, count, cap) : ~0u,
+                                            mine ? (uint32_t)me : ~0u);
+      if ((uint32_t)me == best) {
+        place(it, me, count);
+        w = w + wt;
+        count += 1;
+      }
+      it = it_next;
+      wt = wt_next;
+    }
+    if (mine) pack_w[me] = w, pack_n[me] = count;
+    __syncwarp();
   }
 };
 
@@ -217,7 +251,7 @@ struct BlockTeam {
   // One round per blockDim indices: a ballot per warp, the warps' counts
   // through `red`, each index written at its rank.
   template <typename F>
-  __device__ int32_t compact(int32_t n, const F& pred, int32_t* out) const {
+  __device__ __forceinline__ int32_t compact(int32_t n, const F& pred, int32_t* out) const {
     const uint32_t lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
     int32_t total = 0;
     for (int32_t base = 0; base < n; base += (int32_t)blockDim.x) {
@@ -254,6 +288,12 @@ struct BlockTeam {
   template <typename F>
   __device__ int32_t arg_max(int32_t n, const F& key) const {
     return packed_arg_max(*this, n, key);
+  }
+  template <typename Item, typename Weight, typename Place>
+  __device__ __forceinline__ void pack_picks(int32_t n, int32_t m, int32_t cap, const Item& item,
+                             const Weight& weight, float* pack_w, int32_t* pack_n,
+                             const Place& place) const {
+    generic_pack_picks(*this, n, m, cap, item, weight, pack_w, pack_n, place);
   }
 
  private:
