@@ -18,10 +18,10 @@ from helpers import ELASTIC, GOLDEN_MISSING, load_golden_cases  # noqa: E402
 OPS = torch.ops.eplb_ext
 
 
-def assert_same(a, b):
+def assert_same(a, b, context=""):
     for x, y in zip(a, b):
-        assert x.dtype == y.dtype and x.shape == y.shape
-        assert torch.equal(x.cpu(), y.cpu())
+        assert x.dtype == y.dtype and x.shape == y.shape, context
+        assert torch.equal(x.cpu(), y.cpu()), context
 
 
 _CASES = load_golden_cases()
@@ -123,6 +123,25 @@ def test_cuda_building_blocks_any_row_length(n):
         for m in (1, n // 8, n):
             assert_same(OPS.balanced_packing(w, m), OPS.balanced_packing(w.cuda(), m))
         assert_same(OPS.replicate_experts(w, n + n // 4), OPS.replicate_experts(w.cuda(), n + n // 4))
+
+
+# Rows whose sort keys fill each register layout of a warp's sort (32 to
+# 512 keys, padded to a power of two) and the memory one beyond, with up to
+# 32 packs in registers and more through memory.
+@pytest.mark.parametrize("n", [6, 24, 32, 33, 64, 96, 128, 160, 256, 288, 512, 576, 1024])
+def test_cuda_warp_sort_and_packing_sizes(n):
+    gen = torch.Generator().manual_seed(n + 1)
+    for kind in ("skewed", "ties", "fractional"):
+        w = loads(kind, 1, 4, n, torch.float32, gen)[0]
+        for m in sorted({1, 2, 3, 8, 16, 32, 48, 64, n // 2, n} & set(d for d in range(1, n + 1) if n % d == 0)):
+            assert_same(OPS.balanced_packing(w, m), OPS.balanced_packing(w.cuda(), m), f"n={n} m={m}")
+        # deepseek on one node: a warp sorts the n slots and packs them into
+        # G GPUs (registers up to 32).
+        x = w.unsqueeze(0)[:, :, : max(1, n // 2)]
+        for G in (4, 32, 48):
+            if n % G == 0 and n // G >= 2:
+                cpu, gpu = OPS.deepseek(x, n, n // G, 1, 1), OPS.deepseek(x.cuda(), n, n // G, 1, 1)
+                assert_same(cpu, gpu, f"n={n} G={G}")
 
 
 def test_cuda_matches_cpu_large_steps():

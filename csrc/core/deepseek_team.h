@@ -34,7 +34,7 @@ EPLB_HD void team_balanced_pack(const Team& team, int32_t n, int32_t m, bool sho
     pack_n[p] = 0;
   });
   team.sync();
-  bitonic_sort(team, keys, n2);
+  team.sort(keys, n2);
   team.pack_picks(
       n, m, cap, [&](int32_t r) { return (int32_t)(uint32_t)keys[r]; }, weight, pack_w, pack_n,
       place);

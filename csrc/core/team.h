@@ -22,6 +22,8 @@
 //  * team.compact(n, pred, out): the i in [0, n) with pred(i), written to
 //    out in ascending order; returns their number, the same on every lane.
 //    pred must read only what a barrier made visible to every lane.
+//  * team.sort(key, n2): bitonic_sort (below) of n2 unique keys, n2 a power
+//    of two; a warp keeps up to 512 of them in registers;
 //  * team.pack_picks(n, m, cap, item, weight, pack_w, pack_n, place): the
 //    picks of a balanced packing (see pack_picks below); a warp keeps the
 //    packs in registers.
@@ -105,6 +107,7 @@ struct LaneTeam {
     }
   }
   void sync() const {}
+  void sort(uint64_t* key, int32_t n2) const { bitonic_sort(*this, key, n2); }
   template <typename F>
   void single(const F& f) const {
     f();

@@ -343,7 +343,7 @@ EPLB_HD void vec_team_deal(const Team& team, VecDims d, const VecLayer& ly, VecT
       s.keys[x] = desc_key(div_f32(ly.expert_sum[s.orig[j]], (float)s.cnt[j]), x);
     });
     team.sync();
-    bitonic_sort(team, s.keys, n2);
+    team.sort(s.keys, n2);
     team.for_each(pn, [&](int32_t r) {
       const int32_t q = r / gpus, j = r % gpus;  // round q runs forwards when even
       const int32_t g = q % 2 == 0 ? j : gpus - 1 - j;

@@ -93,6 +93,64 @@ __device__ __forceinline__ uint32_t warp_arg(uint32_t best, uint32_t idx) {
 #endif
 }
 
+// Compare-exchanges of keys r and r + JR of every lane (a bitonic stage
+// whose distance j = 32 JR spans whole rounds of the warp): the smaller key
+// goes first where the block of `size` keys sorts ascending. Indices are
+// fixed at compile time, so the keys stay in registers.
+template <int R, int JR>
+__device__ __forceinline__ void regs_exchange(uint64_t (&k)[R], int32_t size) {
+  if constexpr (JR < R) {
+#pragma unroll
+    for (int r = 0; r < R; ++r) {
+      if ((r & JR) != 0) continue;
+      const bool up = ((r * 32) & size) == 0;
+      const uint64_t a = k[r], b = k[r + JR];
+      const bool swap = (a > b) == up;
+      k[r] = swap ? b : a;
+      k[r + JR] = swap ? a : b;
+    }
+  }
+}
+
+// bitonic_sort (team.h) of n2 = 32 R keys on one warp, key i = r * 32 +
+// lane in register k[r] of its lane: the same network, stages of distance
+// j < 32 by shuffles, longer ones inside each lane. Keys are unique, so it
+// gives the only order.
+template <int R>
+__device__ __forceinline__ void warp_sort_regs(uint64_t* key) {
+  const int32_t lane = (int32_t)(threadIdx.x & 31);
+  uint64_t k[R];
+#pragma unroll
+  for (int r = 0; r < R; ++r) k[r] = key[r * 32 + lane];
+  for (int32_t size = 2; size <= 32 * R; size *= 2) {
+    for (int32_t j = size / 2; j > 0; j /= 2) {
+      if (j < 32) {
+        // This lane keeps the smaller of its key and its partner's when it
+        // is the pair's lower index of an ascending block, or the upper of
+        // a descending one.
+        const bool lower = (lane & j) == 0;
+#pragma unroll
+        for (int r = 0; r < R; ++r) {
+          const uint64_t o = shfl_xor_obj(k[r], j);
+          const bool up = ((r * 32 + lane) & size) == 0;
+          const bool smaller = o < k[r];
+          k[r] = (lower == up) == smaller ? o : k[r];
+        }
+        continue;
+      }
+      switch (j / 32) {
+        case 1: regs_exchange<R, 1>(k, size); break;
+        case 2: regs_exchange<R, 2>(k, size); break;
+        case 4: regs_exchange<R, 4>(k, size); break;
+        default: regs_exchange<R, 8>(k, size); break;
+      }
+    }
+  }
+#pragma unroll
+  for (int r = 0; r < R; ++r) key[r * 32 + lane] = k[r];
+  __syncwarp();
+}
+
 // One warp. Every lane of the warp must call each member (they use the full
 // mask).
 struct WarpTeam {
@@ -103,6 +161,18 @@ struct WarpTeam {
     for (int32_t i = lane(); i < n; i += 32) f(i);
   }
   __device__ void sync() const { __syncwarp(); }
+  // Up to 512 keys in registers (32 per round of the warp), more through
+  // memory.
+  __device__ __forceinline__ void sort(uint64_t* key, int32_t n2) const {
+    switch (n2) {
+      case 32: warp_sort_regs<1>(key); break;
+      case 64: warp_sort_regs<2>(key); break;
+      case 128: warp_sort_regs<4>(key); break;
+      case 256: warp_sort_regs<8>(key); break;
+      case 512: warp_sort_regs<16>(key); break;
+      default: bitonic_sort(*this, key, n2);
+    }
+  }
   template <typename F>
   __device__ void single(const F& f) const {
     if (lane() == 0) f();
@@ -243,6 +313,7 @@ struct BlockTeam {
     for (int32_t i = threadIdx.x; i < n; i += blockDim.x) f(i);
   }
   __device__ void sync() const { __syncthreads(); }
+  __device__ void sort(uint64_t* key, int32_t n2) const { bitonic_sort(*this, key, n2); }
   template <typename F>
   __device__ void single(const F& f) const {
     if (threadIdx.x == 0) f();
