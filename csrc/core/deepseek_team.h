@@ -133,12 +133,16 @@ EPLB_HD void deepseek_team_renumber(const Team& team, const Loads<T>& t, int64_t
   team.for_each(d.E, [&](int32_t e) { s.w[e] = sum_over_steps_one(t, l, e); });
   team.sync();
   const int32_t m = d.E / d.C, per_node = d.C / d.N;
-  team.for_each(d.C, [&](int32_t c) {
-    float acc = 0.0f;  // in expert order, as deepseek_renumber
-    for (int32_t j = 0; j < m; ++j) acc = acc + s.w[c * m + j];
-    s.group_w[c] = acc;
-  });
-  team.sync();
+  // One group per node (the global variant: C = N = 1) is placed without
+  // reading the group loads (the packing's shortcut), so they are not summed.
+  if (d.C != d.N) {
+    team.for_each(d.C, [&](int32_t c) {
+      float acc = 0.0f;  // in expert order, as deepseek_renumber
+      for (int32_t j = 0; j < m; ++j) acc = acc + s.w[c * m + j];
+      s.group_w[c] = acc;
+    });
+    team.sync();
+  }
   team_balanced_pack(
       team, d.C, d.N, true, [&](int32_t c) { return s.group_w[c]; }, s.group_keys, s.node_w,
       s.node_n, [&](int32_t c, int32_t node, int32_t r) { s.group_pos[c] = node * per_node + r; });
