@@ -280,27 +280,30 @@ EPLB_HD void vec_update_step(const VecLayer& ly, const VecTeamChunk& c, int64_t 
 
 // Fills every step's list (picked < 0), or brings them up to date after
 // expert `picked` got a replica and scans again the steps whose list ran
-// short. Those are gathered first, so that the scans fill whole warps.
+// short: by folds over the experts when steps are few (a lane per step
+// would leave most lanes idle), else a lane per step, the steps to scan
+// gathered first so that the scans fill whole warps.
 template <typename Team>
 EPLB_HD void vec_team_tops(const Team& team, const VecLayer& ly, const VecTeamChunk& c,
                            int64_t S, int32_t e0, int32_t en, int32_t picked) {
   // S <= 2^31 - 1 (checked by the ops): steps fit the team's int32 indices.
-  int32_t m = (int32_t)S;
+  const int32_t need = en < 2 ? en : 2;
   if (picked >= 0) {
     team.for_each((int32_t)S, [&](int32_t st) { vec_update_step(ly, c, S, e0, en, st, picked); });
     team.sync();
-    const int32_t need = en < 2 ? en : 2;
-    m = team.compact((int32_t)S, [&](int32_t st) { return c.tn[st] < need; }, c.redo);
   }
-  auto step = [&](int32_t i) -> int64_t { return picked >= 0 ? c.redo[i] : i; };
   if (S * 64 <= en) {
-    // m and redo were written before a barrier: every lane takes the same
-    // branches, as the folds' barriers need.
-    for (int32_t i = 0; i < m; ++i) vec_fill_step_team(team, ly, c, S, e0, en, step(i));
-  } else {
-    team.for_each(m, [&](int32_t i) { vec_scan_step(ly, c, S, e0, en, step(i)); });
-    team.sync();
+    // tn was written before a barrier: every lane takes the same branches,
+    // as the folds' barriers need.
+    for (int64_t st = 0; st < S; ++st) {
+      if (picked < 0 || c.tn[st] < need) vec_fill_step_team(team, ly, c, S, e0, en, st);
+    }
+    return;
   }
+  int32_t m = (int32_t)S;
+  if (picked >= 0) m = team.compact((int32_t)S, [&](int32_t st) { return c.tn[st] < need; }, c.redo);
+  team.for_each(m, [&](int32_t i) { vec_scan_step(ly, c, S, e0, en, picked >= 0 ? c.redo[i] : i); });
+  team.sync();
 }
 
 // The pick: every chunk expert's values summed s = 0, 1, ... in float32 on
