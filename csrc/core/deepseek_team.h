@@ -160,10 +160,11 @@ struct DeepseekTeamOut {
 };
 
 // Node n on one team, using that team's keys and GPU loads (index `slot`):
-// replication, slot loads, slots packed into the node's GPUs, outputs.
+// replication, slot loads, and the slots packed into the node's GPUs, into
+// the layer's state (deepseek_team_write turns it into the outputs).
 template <typename Team>
 EPLB_HD void deepseek_team_node(const Team& team, DeepseekDims d, DeepseekTeamState s,
-                                int32_t slot, int32_t n, DeepseekTeamOut out) {
+                                int32_t slot, int32_t n) {
   const int32_t en = d.E / d.N, pn = d.P / d.N, gn = d.G / d.N, k = d.P / d.G;
   const int32_t* m2l = s.mlog2log + n * en;
   int32_t* cnt = s.cnt + n * en;
@@ -180,18 +181,27 @@ EPLB_HD void deepseek_team_node(const Team& team, DeepseekDims d, DeepseekTeamSt
       team, pn, gn, true, [&](int32_t j) { return sw[j]; },
       s.keys + (int64_t)slot * next_pow2(pn), s.pack_w + (int64_t)slot * gn,
       s.pack_n + (int64_t)slot * gn, [&](int32_t j, int32_t g, int32_t q) { pos[j] = g * k + q; });
-  const int64_t base = (int64_t)n * pn;
-  team.for_each(pn, [&](int32_t j) {
-    const int64_t e = m2l[p2m[j]], p = base + pos[j];
+}
+
+// The layer's outputs from the placed nodes, on any team (the whole block
+// on the GPU: the map's padding is most of the writes).
+template <typename Team>
+EPLB_HD void deepseek_team_write(const Team& team, DeepseekDims d, DeepseekTeamState s,
+                                 DeepseekTeamOut out) {
+  const int32_t en = d.E / d.N, pn = d.P / d.N;
+  team.for_each(d.P, [&](int32_t x) {
+    const int32_t n = x / pn, r = s.phy_rank[x];
+    const int64_t e = s.mlog2log[n * en + s.phy2mlog[x]], p = (int64_t)n * pn + s.slot_pos[x];
     out.phy2log[p] = e;
-    out.rank[p] = rk[j];
-    if (out.log2phy && rk[j] < out.X) out.log2phy[e * out.X + rk[j]] = p;
+    out.rank[p] = r;
+    if (out.log2phy && r < out.X) out.log2phy[e * out.X + r] = p;
   });
-  team.for_each(en, [&](int32_t j) {
-    const int64_t e = m2l[j];
-    out.logcnt[e] = cnt[j];
+  team.for_each(d.E, [&](int32_t x) {
+    const int64_t e = s.mlog2log[x];
+    const int32_t c = s.cnt[x];
+    out.logcnt[e] = c;
     if (out.log2phy) {
-      for (int64_t r = cnt[j]; r < out.X; ++r) out.log2phy[e * out.X + r] = -1;
+      for (int64_t r = c; r < out.X; ++r) out.log2phy[e * out.X + r] = -1;
     }
   });
   team.sync();

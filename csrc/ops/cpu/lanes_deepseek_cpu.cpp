@@ -27,7 +27,8 @@ void lanes_layers(const Loads<T>& t, DeepseekDims d, int64_t X, int64_t* p2l, in
     deepseek_team_state(d, teams, buf.data(), &s);
     deepseek_team_renumber(team, t, l, d, s);
     const DeepseekTeamOut out{p2l + l * d.P, rk + l * d.P, cnt + l * d.E, l2p + l * d.E * X, X};
-    for (int32_t n = 0; n < d.N; ++n) deepseek_team_node(team, d, s, n % teams, n, out);
+    for (int32_t n = 0; n < d.N; ++n) deepseek_team_node(team, d, s, n % teams, n);
+    deepseek_team_write(team, d, s, out);
   }
 }
 

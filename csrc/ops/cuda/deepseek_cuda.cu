@@ -23,8 +23,8 @@ using torch::stable::Tensor;
 // picks (a few replicas among E/N experts, then P/N slots into G/N GPUs, 8
 // GPUs at DeepSeek-V3's shape), and a warp's reduction is a few shuffles
 // where the block's needs three barriers; nodes are independent, so up to
-// kWarps of them run at once. The sums over steps and the group packing use
-// the whole block.
+// kWarps of them run at once. The sums over steps, the group packing and
+// the writing of the outputs use the whole block.
 constexpr int kWarps = kDeepseekNodeTeams;
 
 template <typename T>
@@ -36,13 +36,17 @@ __global__ void __launch_bounds__(kWarps * 32)
   const int64_t l = blockIdx.x;
   DeepseekTeamState s;
   deepseek_team_state(d, teams, global ? global + l * stride : (char*)smem, &s);
-  deepseek_team_renumber(BlockTeam{red}, t, l, d, s);
+  const BlockTeam block{red};
+  deepseek_team_renumber(block, t, l, d, s);
   const int32_t warp = (int32_t)(threadIdx.x >> 5);
-  if (warp >= teams) return;  // no barrier of the block follows
+  for (int32_t n = warp; n < d.N && warp < teams; n += teams) {
+    deepseek_team_node(WarpTeam{}, d, s, warp, n);
+  }
+  block.sync();
   const int64_t lp = l * d.P, le = l * d.E;
-  const DeepseekTeamOut o{out.phy2log + lp, out.rank + lp, out.logcnt + le,
-                          out.log2phy ? out.log2phy + le * out.X : nullptr, out.X};
-  for (int32_t n = warp; n < d.N; n += teams) deepseek_team_node(WarpTeam{}, d, s, warp, n, o);
+  deepseek_team_write(block, d, s,
+                      DeepseekTeamOut{out.phy2log + lp, out.rank + lp, out.logcnt + le,
+                                      out.log2phy ? out.log2phy + le * out.X : nullptr, out.X});
 }
 
 // One warp per row: packing and replication are sequences of picks among a
