@@ -133,8 +133,10 @@ def test_cuda_warp_sort_and_packing_sizes(n):
     gen = torch.Generator().manual_seed(n + 1)
     for kind in ("skewed", "ties", "fractional"):
         w = loads(kind, 1, 4, n, torch.float32, gen)[0]
-        for m in sorted({1, 2, 3, 8, 16, 32, 48, 64, n // 2, n} & set(d for d in range(1, n + 1) if n % d == 0)):
-            assert_same(OPS.balanced_packing(w, m), OPS.balanced_packing(w.cuda(), m), f"n={n} m={m}")
+        widths = {1, 2, 3, 8, 16, 32, 48, 64, n // 2, n}
+        for m in sorted(m for m in widths if n % m == 0):
+            cpu, gpu = OPS.balanced_packing(w, m), OPS.balanced_packing(w.cuda(), m)
+            assert_same(cpu, gpu, f"n={n} m={m}")
         # deepseek on one node: a warp sorts the n slots and packs them into
         # G GPUs (registers up to 32).
         x = w.unsqueeze(0)[:, :, : max(1, n // 2)]

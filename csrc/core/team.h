@@ -86,7 +86,8 @@ EPLB_HD void generic_pack_picks(const Team& team, int32_t n, int32_t m, int32_t 
                                 int32_t* pack_n, const Place& place) {
   for (int32_t r = 0; r < n; ++r) {
     const int32_t it = item(r);
-    const int32_t best = team.arg_min(m, [&](int32_t p) { return open_pack_key(pack_w[p], pack_n[p], cap); });
+    const int32_t best =
+        team.arg_min(m, [&](int32_t p) { return open_pack_key(pack_w[p], pack_n[p], cap); });
     team.single([&] {
       place(it, best, pack_n[best]);
       pack_w[best] = pack_w[best] + weight(it);

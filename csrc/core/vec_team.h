@@ -235,10 +235,10 @@ EPLB_HD void vec_scan_step(const VecLayer& ly, const VecTeamChunk& c, int64_t S,
 template <typename Team>
 EPLB_HD void vec_fill_step_team(const Team& team, const VecLayer& ly, const VecTeamChunk& c,
                                 int64_t S, int32_t e0, int32_t en, int64_t st) {
-  const VecTop top = team.fold(
-      en, VecTop{},
-      [&](int32_t j, VecTop& acc) { acc.add(vec_key(vec_score(vec_load(ly, c, j, st), e0, j, c.cnt[j]), j)); },
-      vec_top_merge);
+  auto visit = [&](int32_t j, VecTop& acc) {
+    acc.add(vec_key(vec_score(vec_load(ly, c, j, st), e0, j, c.cnt[j]), j));
+  };
+  const VecTop top = team.fold(en, VecTop{}, visit, vec_top_merge);
   team.single([&] { vec_store_step(ly, c, S, st, top); });
 }
 
@@ -301,8 +301,12 @@ EPLB_HD void vec_team_tops(const Team& team, const VecLayer& ly, const VecTeamCh
     return;
   }
   int32_t m = (int32_t)S;
-  if (picked >= 0) m = team.compact((int32_t)S, [&](int32_t st) { return c.tn[st] < need; }, c.redo);
-  team.for_each(m, [&](int32_t i) { vec_scan_step(ly, c, S, e0, en, picked >= 0 ? c.redo[i] : i); });
+  if (picked >= 0) {
+    m = team.compact((int32_t)S, [&](int32_t st) { return c.tn[st] < need; }, c.redo);
+  }
+  team.for_each(m, [&](int32_t i) {
+    vec_scan_step(ly, c, S, e0, en, picked >= 0 ? c.redo[i] : i);
+  });
   team.sync();
 }
 
