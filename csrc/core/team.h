@@ -19,9 +19,10 @@
 //    team.single_result(f) also hands f()'s value to every lane;
 //  * team.fold(n, init, visit, merge): per-lane accumulators merged into
 //    one, for picks whose order is not one packed key (see LaneTeam::fold).
-//  * team.compact(n, pred, out): the i in [0, n) with pred(i), written to
-//    out in ascending order; returns their number, the same on every lane.
-//    pred must read only what a barrier made visible to every lane.
+//  * team.compact(n, pred, out) (LaneTeam, BlockTeam): the i in [0, n)
+//    with pred(i), written to out in ascending order; returns their number,
+//    the same on every lane. pred must read only what a barrier made
+//    visible to every lane.
 //  * team.sort(key, n2): bitonic_sort (below) of n2 unique keys, n2 a power
 //    of two; a warp keeps up to 512 of them in registers;
 //  * team.pack_picks(n, m, cap, item, weight, pack_w, pack_n, place): the

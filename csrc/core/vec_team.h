@@ -83,10 +83,11 @@ EPLB_HD int64_t vec_chunk_scratch(VecDims d, void* buf, VecTeamChunk* out) {
   if (out) *out = s;
   return c.off;
 }
+
 // Sum over steps of expert e (the additions of sum_over_steps_one, so the
-// same float32), storing its float32 loads on the way (at col[s * stride]). Loads are read a
-// block ahead of the additions, which keeps several reads of a GPU thread
-// in flight; the additions stay in step order.
+// same float32), storing its float32 loads on the way (at col[s * stride]).
+// Loads are read a block ahead of the additions, which keeps several reads
+// of a GPU thread in flight; the additions stay in step order.
 template <typename T>
 EPLB_HD float vec_load_expert(const Loads<T>& t, int64_t l, int64_t e, float* col,
                               int64_t stride) {

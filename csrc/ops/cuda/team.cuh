@@ -191,20 +191,6 @@ struct WarpTeam {
     return warp_merge(acc, merge);
   }
   template <typename F>
-  __device__ __forceinline__ int32_t compact(int32_t n, const F& pred, int32_t* out) const {
-    const uint32_t below = (1u << lane()) - 1u;
-    int32_t total = 0;
-    for (int32_t base = 0; base < n; base += 32) {
-      const int32_t i = base + lane();
-      const bool p = i < n && pred(i);
-      const uint32_t votes = __ballot_sync(0xffffffffu, p);
-      if (p) out[total + __popc(votes & below)] = i;
-      total += __popc(votes);
-    }
-    __syncwarp();
-    return total;
-  }
-  template <typename F>
   __device__ uint64_t max_key(int32_t n, const F& key) const {
     return warp_reduce<true>(lane_extreme<true>(lane(), 32, n, key));
   }
@@ -229,9 +215,10 @@ struct WarpTeam {
   // next item read ahead; no shared-memory round trip between picks. The
   // same keys, reduction and float additions as generic_pack_picks.
   template <typename Item, typename Weight, typename Place>
-  __device__ __forceinline__ void pack_picks(int32_t n, int32_t m, int32_t cap, const Item& item,
-                             const Weight& weight, float* pack_w, int32_t* pack_n,
-                             const Place& place) const {
+  __device__ __forceinline__ void pack_picks(int32_t n, int32_t m, int32_t cap,
+                                             const Item& item, const Weight& weight,
+                                             float* pack_w, int32_t* pack_n,
+                                             const Place& place) const {
     if (m > 32) {
       generic_pack_picks(*this, n, m, cap, item, weight, pack_w, pack_n, place);
       return;
@@ -361,9 +348,10 @@ struct BlockTeam {
     return packed_arg_max(*this, n, key);
   }
   template <typename Item, typename Weight, typename Place>
-  __device__ __forceinline__ void pack_picks(int32_t n, int32_t m, int32_t cap, const Item& item,
-                             const Weight& weight, float* pack_w, int32_t* pack_n,
-                             const Place& place) const {
+  __device__ __forceinline__ void pack_picks(int32_t n, int32_t m, int32_t cap,
+                                             const Item& item, const Weight& weight,
+                                             float* pack_w, int32_t* pack_n,
+                                             const Place& place) const {
     generic_pack_picks(*this, n, m, cap, item, weight, pack_w, pack_n, place);
   }
 
