@@ -33,6 +33,15 @@ EPLB_HD bool f32_is_finite(float x) {
   return (bits & 0x7f800000u) != 0x7f800000u;
 }
 
+// Ordered bits of a float that is >= 0 or -0: +0 and -0 give the same key,
+// and larger values give larger keys.
+EPLB_HD uint32_t nonneg_bits(float w) {
+  const float z = w + 0.0f;
+  uint32_t bits;
+  memcpy(&bits, &z, sizeof(bits));
+  return bits;
+}
+
 // Callers pass n <= 2^30 (checked by every op); the cap keeps the loop
 // finite and free of overflow for any n.
 EPLB_HD int32_t next_pow2(int32_t n) {

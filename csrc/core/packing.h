@@ -9,13 +9,9 @@
 namespace eplb {
 
 // Sort key of item i: descending weight, then ascending index (the tie
-// rule), as one unsigned integer. For weights >= 0 the float bits order like
-// the values; adding +0 first turns -0 into +0 so that the two zeros tie.
+// rule), as one unsigned integer (nonneg_bits: the two zeros tie).
 EPLB_HD uint64_t desc_key(float w, int32_t i) {
-  const float z = w + 0.0f;
-  uint32_t bits;
-  memcpy(&bits, &z, sizeof(bits));
-  return ((uint64_t)(~bits) << 32) | (uint32_t)i;
+  return ((uint64_t)(~nonneg_bits(w)) << 32) | (uint32_t)i;
 }
 
 // Pack p's key: an open pack before a full one, then the smaller weight
@@ -23,10 +19,7 @@ EPLB_HD uint64_t desc_key(float w, int32_t i) {
 // then the lower index (p < 2^30). Keys are unique, so the smallest is the
 // first lightest open pack.
 EPLB_HD uint64_t pack_key(float w, bool full, int32_t p) {
-  const float z = w + 0.0f;
-  uint32_t bits;
-  memcpy(&bits, &z, sizeof(bits));
-  return ((uint64_t)full << 62) | ((uint64_t)bits << 30) | (uint32_t)p;
+  return ((uint64_t)full << 62) | ((uint64_t)nonneg_bits(w) << 30) | (uint32_t)p;
 }
 
 // Host only: least-significant-digit radix sort of the keys on their weight

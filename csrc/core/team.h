@@ -58,15 +58,6 @@ EPLB_HD int32_t packed_arg_max(const Team& team, int32_t n, const F& key) {
   return (int32_t)~(uint32_t)team.max_key(n, [&](int32_t i) { return ((uint64_t)key(i) << 32) | ~(uint32_t)i; });
 }
 
-// Ordered bits of a float that is >= 0 or -0: +0 and -0 give the same key,
-// and larger values give larger keys.
-EPLB_HD uint32_t nonneg_bits(float w) {
-  const float z = w + 0.0f;
-  uint32_t bits;
-  memcpy(&bits, &z, sizeof(bits));
-  return bits;
-}
-
 // A pack's key in a balanced packing: an open pack before a full one, then
 // the lighter (the order of packing.h's keys). Open packs stay below ~0u
 // even for weights the ops reject (negative, NaN), so the pick is never a
