@@ -14,7 +14,7 @@ from typing import Optional, Sequence, Tuple
 import torch
 from torch import Tensor
 
-from ._validate import unreadable
+from ._validate import has_integer_dtype, unreadable
 
 INPUT_FORMATS = (".pt", ".pth", ".npy", ".json", ".safetensors")
 OUTPUT_FORMATS = (".pt", ".json")
@@ -187,7 +187,7 @@ def check_previous(path: str, previous: Tensor, num_layers: int, num_slots: int,
     """``previous`` as an int64 ``[L, P]`` placement of E experts (-1: an
     empty slot), or a CliError naming the first thing that does not fit the
     loads."""
-    if previous.dtype == torch.bool or previous.is_floating_point() or previous.is_complex():
+    if not has_integer_dtype(previous):
         raise CliError(f"{path}: placement has dtype {previous.dtype}; expert ids must be integers")
     if tuple(previous.shape) != (num_layers, num_slots):
         raise CliError(f"{path}: placement of shape {tuple(previous.shape)} does not fit "

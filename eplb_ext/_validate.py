@@ -61,6 +61,12 @@ def unreadable(tensor: Tensor) -> Optional[str]:
     return None
 
 
+def has_integer_dtype(tensor: Tensor) -> bool:
+    """Whether ``tensor`` can hold ids: an integer dtype (not bool, floating
+    or complex)."""
+    return not (tensor.dtype == torch.bool or tensor.is_floating_point() or tensor.is_complex())
+
+
 def check_loads(name: str, tensor: object, dims: tuple) -> Tensor:
     """Checks type, rank, layout and dtype of a load tensor; widens float8 to
     float32. The values are checked apart (``check_load_values``), once the

@@ -38,6 +38,8 @@ from typing import NamedTuple, Optional, Union
 import torch
 from torch import Tensor
 
+from ._validate import has_integer_dtype
+
 __all__ = [
     "expert_load",
     "replica_counts",
@@ -100,7 +102,7 @@ def _check_map(phy2log: Tensor, num_layers: Optional[int], num_experts: Optional
         raise TypeError(f"physical_to_logical_map must be a torch.Tensor, got {type(phy2log).__name__}")
     if phy2log.dim() != 2:
         raise ValueError(f"physical_to_logical_map must be [L, P], got shape {tuple(phy2log.shape)}")
-    if phy2log.is_floating_point() or phy2log.is_complex() or phy2log.dtype == torch.bool:
+    if not has_integer_dtype(phy2log):
         raise TypeError(f"physical_to_logical_map must have an integer dtype, got {phy2log.dtype}")
     L, P = phy2log.shape
     if num_layers is not None and L != num_layers:
@@ -410,7 +412,7 @@ def moves(
             raise TypeError(f"{name} must be a torch.Tensor, got {type(m).__name__}")
         if m.dim() != 2:
             raise ValueError(f"{name} must be [L, P], got shape {tuple(m.shape)}")
-        if m.is_floating_point() or m.is_complex() or m.dtype == torch.bool:
+        if not has_integer_dtype(m):
             raise TypeError(f"{name} must have an integer dtype, got {m.dtype}")
     if previous.shape != new.shape:
         raise ValueError(f"the placements differ in shape: {tuple(previous.shape)} vs {tuple(new.shape)}")

@@ -30,7 +30,7 @@ from torch import Tensor
 
 from .. import algorithms
 from .. import deepseek as ds
-from .._validate import unreadable
+from .._validate import has_integer_dtype, unreadable
 from ..build_info import __version__
 from . import log_once
 
@@ -63,7 +63,7 @@ def _previous_kwargs(old: Optional[Tensor], num_layers: int, num_replicas: int, 
     odd = unreadable(old)
     if odd is not None:
         raise ValueError(f"old_global_expert_indices must be a dense tensor with values, got {odd}")
-    if old.is_floating_point() or old.is_complex() or old.dtype == torch.bool:
+    if not has_integer_dtype(old):
         raise TypeError(f"old_global_expert_indices has dtype {old.dtype}; expert ids must be integers")
     old = old.detach().to("cpu", torch.int64)
     if tuple(old.shape) != (num_layers, num_replicas):
