@@ -17,11 +17,12 @@ struct Search {
   int32_t gpn;  // GPUs per node (G when not hierarchical)
   int32_t moves;
   double mean, inv;
+  double tau;  // the pass's floor: Phi counts the load above mean + tau (max - mean)
 
   EPLB_HD int32_t node(int32_t g) const { return hier ? g / gpn : 0; }
 
   EPLB_HD double phi(double l) const {
-    const double y = (l - mean) * inv;
+    const double y = (l - mean) * inv - tau;
     if (!(y > 0.0)) return 0.0;
     return y * y;
   }

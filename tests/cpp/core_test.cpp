@@ -888,7 +888,7 @@ static void test_search_bookkeeping() {
     const std::vector<double> load(s.load, s.load + G), rep(s.rep, s.rep + E);
     const std::vector<int32_t> cnt(s.cnt, s.cnt + E), head(s.head, s.head + E), nxt(s.nxt, s.nxt + P);
     const std::vector<uint8_t> uniq(s.uniq, s.uniq + P);
-    Search z{d, s, false, G, 0, 0.0, 0.0};
+    Search z{d, s, false, G, 0, 0.0, 0.0, 0.0};
     z.refresh();
     CHECK(std::memcmp(load.data(), s.load, sizeof(double) * G) == 0);
     CHECK(std::memcmp(rep.data(), s.rep, sizeof(double) * E) == 0);
@@ -903,10 +903,55 @@ static void test_search_bookkeeping() {
   }
 }
 
+// The search keeps the most balanced placement of its passes, the earliest
+// pass on ties: its result must equal the best of the passes run alone, and
+// its balancedness must be that of the placement it leaves in s.best.
+static void test_search_passes() {
+  Rng rng{4242};
+  int improved = 0;
+  for (int trial = 0; trial < 60; ++trial) {
+    const int32_t G = 4 + rng.below(12), k = 2 + rng.below(4), P = G * k;
+    const int32_t E = P - rng.below(G + 1), M = 2 + rng.below(10);
+    MigrateDims d{E, P, k, G, 1, 1, M, 0.0};
+    std::vector<uint64_t> buf(migrate_scratch(d, nullptr, nullptr) / 8 + 1);
+    MigrateScratch s;
+    migrate_scratch(d, buf.data(), &s);
+    s.tag = 0;
+    for (int32_t e = 0; e < E; ++e) {
+      s.stamp[e] = -1;
+      s.w[e] = (double)(rng.unit() * rng.unit() * 1000.0f);
+    }
+    std::vector<int32_t> q(P);
+    for (int32_t p = 0; p < P; ++p) q[p] = p < E ? p : rng.below(E);
+    for (int32_t p = P - 1; p > 0; --p) std::swap(q[p], q[rng.below(p + 1)]);
+    for (int32_t g = 0; g < G; ++g) s.act[g] = g, s.on[g] = 1;
+    for (int32_t p = 0; p < P; ++p) s.q[p] = q[p];
+    gpu_counts(d, s.q, s.qcnt);
+    const double taus[3] = {0.0, -0.6, -1.2};
+    double alone = -1.0;
+    int32_t winner = -1;
+    std::vector<int32_t> best;
+    for (int32_t i = 0; i < 3; ++i) {
+      const double b = search_pass(LaneTeam<1>{}, d, s, false, M, taus[i], -1.0);
+      if (b > alone) alone = b, winner = i, best.assign(s.best, s.best + P);
+      if (alone >= 1.0) break;
+    }
+    improved += winner > 0;
+    const double all = incremental_search(LaneTeam<1>{}, d, s, false, M);
+    CHECK(all == alone);
+    CHECK(same(best, std::vector<int32_t>(s.best, s.best + P)));
+    CHECK(balancedness_of(d, s, s.best, G) == all);
+    CHECK(count_moves(d, s, s.best, G) <= M);
+  }
+  // Otherwise the later passes are never exercised.
+  CHECK(improved > 0);
+}
+
 int main() {
   test_assignment_brute();
   test_migrate_layers();
   test_search_bookkeeping();
+  test_search_passes();
   test_half_and_bf16();
   test_load_faults();
   test_sums();
