@@ -860,30 +860,38 @@ static void test_migrate_layers() {
   }
 }
 
+// A search's starting state on scratch carved from buf: loads (small
+// integers with ties when ties is set, else spread reals) and a random Q
+// that holds every expert once and random experts in its other slots.
+static MigrateScratch search_case(Rng& rng, MigrateDims d, bool ties, std::vector<uint64_t>& buf) {
+  buf.assign(migrate_scratch(d, nullptr, nullptr) / 8 + 1, 0);
+  MigrateScratch s;
+  migrate_scratch(d, buf.data(), &s);
+  s.tag = 0;
+  for (int32_t e = 0; e < d.E; ++e) {
+    s.stamp[e] = -1;
+    s.w[e] = ties ? (double)rng.below(4) : (double)(rng.unit() * rng.unit() * 1000.0f);
+  }
+  std::vector<int32_t> q(d.P);
+  for (int32_t p = 0; p < d.P; ++p) q[p] = p < d.E ? p : rng.below(d.E);
+  for (int32_t p = d.P - 1; p > 0; --p) std::swap(q[p], q[rng.below(p + 1)]);
+  for (int32_t g = 0; g < d.G; ++g) s.act[g] = g, s.on[g] = 1;
+  for (int32_t p = 0; p < d.P; ++p) s.q[p] = q[p];
+  gpu_counts(d, s.q, s.qcnt);
+  return s;
+}
+
 // The search keeps its state (lists, first-copy flags, counts, replica and
 // GPU loads) up to date change by change; at its end that state must equal,
 // bit for bit, what refresh() recomputes from scratch for the same placement.
 static void test_search_bookkeeping() {
   Rng rng{31337};
+  std::vector<uint64_t> buf;
   for (int trial = 0; trial < 40; ++trial) {
     const int32_t G = 2 + rng.below(6), k = 1 + rng.below(5), P = G * k;
     const int32_t E = 1 + rng.below(P), M = 1 + rng.below(8);
-    MigrateDims d{E, P, k, G, 1, 1, M, 0.0};
-    std::vector<uint64_t> buf(migrate_scratch(d, nullptr, nullptr) / 8 + 1);
-    MigrateScratch s;
-    migrate_scratch(d, buf.data(), &s);
-    s.tag = 0;
-    for (int32_t e = 0; e < E; ++e) {
-      s.stamp[e] = -1;
-      s.w[e] = trial % 3 == 0 ? (double)rng.below(4) : (double)(rng.unit() * rng.unit() * 1000.0f);
-    }
-    // Q: every expert once, the other slots random, shuffled.
-    std::vector<int32_t> q(P);
-    for (int32_t p = 0; p < P; ++p) q[p] = p < E ? p : rng.below(E);
-    for (int32_t p = P - 1; p > 0; --p) std::swap(q[p], q[rng.below(p + 1)]);
-    for (int32_t g = 0; g < G; ++g) s.act[g] = g, s.on[g] = 1;
-    for (int32_t p = 0; p < P; ++p) s.q[p] = q[p];
-    gpu_counts(d, s.q, s.qcnt);
+    const MigrateDims d{E, P, k, G, 1, 1, M, 0.0};
+    MigrateScratch s = search_case(rng, d, trial % 3 == 0, buf);
     incremental_search(LaneTeam<1>{}, d, s, false, M);
     const std::vector<double> load(s.load, s.load + G), rep(s.rep, s.rep + E);
     const std::vector<int32_t> cnt(s.cnt, s.cnt + E), head(s.head, s.head + E), nxt(s.nxt, s.nxt + P);
@@ -908,25 +916,13 @@ static void test_search_bookkeeping() {
 // its balancedness must be that of the placement it leaves in s.best.
 static void test_search_passes() {
   Rng rng{4242};
+  std::vector<uint64_t> buf;
   int improved = 0;
   for (int trial = 0; trial < 60; ++trial) {
     const int32_t G = 4 + rng.below(12), k = 2 + rng.below(4), P = G * k;
     const int32_t E = P - rng.below(G + 1), M = 2 + rng.below(10);
-    MigrateDims d{E, P, k, G, 1, 1, M, 0.0};
-    std::vector<uint64_t> buf(migrate_scratch(d, nullptr, nullptr) / 8 + 1);
-    MigrateScratch s;
-    migrate_scratch(d, buf.data(), &s);
-    s.tag = 0;
-    for (int32_t e = 0; e < E; ++e) {
-      s.stamp[e] = -1;
-      s.w[e] = (double)(rng.unit() * rng.unit() * 1000.0f);
-    }
-    std::vector<int32_t> q(P);
-    for (int32_t p = 0; p < P; ++p) q[p] = p < E ? p : rng.below(E);
-    for (int32_t p = P - 1; p > 0; --p) std::swap(q[p], q[rng.below(p + 1)]);
-    for (int32_t g = 0; g < G; ++g) s.act[g] = g, s.on[g] = 1;
-    for (int32_t p = 0; p < P; ++p) s.q[p] = q[p];
-    gpu_counts(d, s.q, s.qcnt);
+    const MigrateDims d{E, P, k, G, 1, 1, M, 0.0};
+    MigrateScratch s = search_case(rng, d, false, buf);
     const double taus[3] = {0.0, -0.6, -1.2};
     double alone = -1.0;
     int32_t winner = -1;
