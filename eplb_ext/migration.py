@@ -147,7 +147,9 @@ def migrate(
     """Places a variant's fresh ``outputs`` against ``plan.previous``.
 
     Args:
-        outputs: the variant's (phy2log [L, P], log2phy [L, E, X], count [L, E]).
+        outputs: the variant's (phy2log [L, P], log2phy [L, E, X], count [L, E]);
+            log2phy may be None when ``ranks`` is given and
+            ``largest_count_width`` is set (the map is built afresh).
         tokens: the loads ``[S, L, E]`` the variant placed.
         num_groups, num_nodes: C and N for the hierarchical variants, 1 and 1
             for the others (renumberings then permute all GPUs).
@@ -163,7 +165,7 @@ def migrate(
     """
     phy2log, log2phy, _ = outputs
     L, P = phy2log.shape
-    E = log2phy.shape[1]
+    E = outputs[2].shape[1]
     k = num_local_physical_experts
     ranks = replica_ranks(log2phy, P, outputs[2]) if ranks is None else ranks.to(torch.int64).contiguous()
     act = _active_tensor(active, P // k, tokens.device)
@@ -175,7 +177,8 @@ def migrate(
         new_l2p = _ops.logical_to_physical_counted(new_p2l, new_rank, count, E)
     else:
         new_l2p = _ops.call(_ops.ops.logical_to_physical, new_p2l, new_rank, E, log2phy.shape[2])
-    result = (new_p2l.to(phy2log.dtype), new_l2p.to(log2phy.dtype), count.to(outputs[2].dtype))
+    l2p_dtype = torch.int64 if log2phy is None else log2phy.dtype
+    result = (new_p2l.to(phy2log.dtype), new_l2p.to(l2p_dtype), count.to(outputs[2].dtype))
     return result, info
 
 
