@@ -13,7 +13,10 @@ tie rule and float32 arithmetic make it so, where an unstable sort does not.
 in every process; with ``EPLB_EXT_VLLM=1`` it puts ``EplbExtPolicy`` in place
 of vLLM's ``"default"`` policy, else it does nothing. The policy computes on
 the CPU only (vLLM's async EPLB calls it on a worker thread, where it must
-not launch CUDA work).
+not launch CUDA work). With ``EPLB_EXT_MAX_MOVES`` set (moves per layer,
+``29``, or a share of the slots, ``10%``), a rebalance that has vLLM's
+previous map searches from it with at most that many moves per layer
+(``max_moves``) instead of relabeling a fresh placement.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from __future__ import annotations
 import importlib
 import inspect
 import logging
+import math
 import os
 from typing import Dict, Optional, Tuple
 
@@ -39,6 +43,7 @@ from . import log_once
 logger = logging.getLogger("vllm.eplb_ext")
 
 ENV = "EPLB_EXT_VLLM"
+MAX_MOVES_ENV = "EPLB_EXT_MAX_MOVES"
 POLICY_MODULE = "vllm.distributed.eplb.policy"
 PARAMETERS = ("weight", "num_replicas", "num_groups", "num_nodes", "num_ranks")
 _ORIGINAL: Dict[str, type] = {}
@@ -77,6 +82,31 @@ def _previous_kwargs(old: Optional[Tensor], num_layers: int, num_replicas: int, 
     return {"previous_physical_to_logical_map": old}
 
 
+def max_moves_setting(num_replicas: int) -> Optional[int]:
+    """``EPLB_EXT_MAX_MOVES`` as moves per layer for ``num_replicas`` slots:
+    None when unset or empty (relabeling only); an integer >= 0 as it is; a
+    percentage in [0, 100] (``"10%"``) of ``num_replicas``, rounded to the
+    nearest integer. Raises ValueError for anything else."""
+    raw = os.environ.get(MAX_MOVES_ENV, "").strip()
+    if not raw:
+        return None
+    try:
+        if raw.endswith("%"):
+            share = float(raw[:-1])
+            if not 0.0 <= share <= 100.0:  # also false for nan
+                raise ValueError
+            return int(math.floor(share * num_replicas / 100.0 + 0.5))
+        moves = int(raw)
+        if moves < 0:
+            raise ValueError
+        return moves
+    except ValueError:
+        raise ValueError(
+            f"{MAX_MOVES_ENV}={raw!r}: expected moves per layer, an integer >= 0 (e.g. 29), or a share of "
+            "the slots, a percentage in [0, 100] (e.g. 10%)"
+        ) from None
+
+
 class EplbExtPolicy(*_bases()):
     """vLLM's EPLB policy interface on eplb_ext (see the module docstring)."""
 
@@ -99,7 +129,8 @@ class EplbExtPolicy(*_bases()):
         ``num_groups`` divides E; else global (``deepseek``). With
         ``old_global_expert_indices`` (the previous ``[L, num_replicas]`` map,
         -1 for empty slots) of the same shape, the placement is relabeled to
-        move the fewest experts.
+        move the fewest experts, or, with ``EPLB_EXT_MAX_MOVES`` set, searched
+        from the previous map with at most that many moves per layer.
 
         Returns the CPU int64 ``physical_to_logical_map [L, num_replicas]``.
         """
@@ -114,9 +145,12 @@ class EplbExtPolicy(*_bases()):
             and num_groups % num_nodes == 0 and E % num_groups == 0 and num_ranks % num_nodes == 0
         )
         groups, nodes, name = (num_groups, num_nodes, "deepseek_hierarchical") if hierarchical else (None, None, "deepseek")
+        kwargs = _previous_kwargs(old_global_expert_indices, L, num_replicas, E)
+        max_moves = max_moves_setting(num_replicas)
+        if kwargs and max_moves is not None:
+            kwargs["max_moves"] = max_moves
         phy2log, _, _ = algorithms.rebalance_experts(
-            tokens, num_replicas, num_replicas // num_ranks, groups, nodes, name, fixed_width=True,
-            **_previous_kwargs(old_global_expert_indices, L, num_replicas, E),
+            tokens, num_replicas, num_replicas // num_ranks, groups, nodes, name, fixed_width=True, **kwargs
         )
         return phy2log
 
@@ -177,10 +211,13 @@ def register() -> bool:
     """With ``EPLB_EXT_VLLM=1``, makes ``EplbExtPolicy`` vLLM's ``"default"``
     EPLB policy. Returns True when it is (also when it already was); False,
     with one log line, without the variable, without vLLM, or when vLLM's
-    policy registry is not laid out as expected (nothing is changed then)."""
+    policy registry is not laid out as expected (nothing is changed then).
+    Raises ValueError for a bad ``EPLB_EXT_MAX_MOVES``, so that a wrong
+    setting stops the server at start rather than at its first rebalance."""
     if os.environ.get(ENV) != "1":
         log_once(logger, logging.INFO, f"eplb_ext: vLLM keeps its own EPLB policy ({ENV}=1 selects eplb_ext's)")
         return False
+    max_moves_setting(100)  # raises for a bad value
     try:
         module = importlib.import_module(POLICY_MODULE)
     except Exception as exc:
@@ -198,6 +235,9 @@ def register() -> bool:
     _ORIGINAL["default"] = default
     policies["default"] = EplbExtPolicy  # in place: vLLM's EPLB state looks policies up in this dict
     log_once(logger, logging.INFO, f"eplb_ext {__version__}: vLLM's default EPLB policy is now eplb_ext's")
+    if os.environ.get(MAX_MOVES_ENV, "").strip():
+        log_once(logger, logging.INFO, f"eplb_ext: rebalances search from the previous placement, at most "
+                 f"{os.environ[MAX_MOVES_ENV].strip()} moves per layer ({MAX_MOVES_ENV})")
     return True
 
 
