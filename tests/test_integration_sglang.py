@@ -82,8 +82,16 @@ def fake_sglang(monkeypatch):
             return cls._instance
 
     _module(monkeypatch, plugin.STATE_MODULE, ElasticEPStateManager=ElasticEPStateManager)
+    # The expert-location metadata: none until a test serves a placement.
+    location = types.SimpleNamespace(metadata=None)
+    _module(monkeypatch, plugin.LOCATION_MODULE, get_global_expert_location_metadata=lambda: location.metadata)
+    monkeypatch.delenv(integrations.MAX_MOVES_ENV, raising=False)
     return types.SimpleNamespace(dispatcher=dispatcher, original=rebalance_experts, calls=calls,
-                                 manager=ElasticEPStateManager, state=state)
+                                 manager=ElasticEPStateManager, state=state, location=location)
+
+
+def _serve(fake, placement):
+    fake.location.metadata = types.SimpleNamespace(physical_to_logical_map=placement)
 
 
 def _messages(caplog):
@@ -203,6 +211,77 @@ def test_unexpected_layout_is_a_logged_no_op(fake_sglang, caplog, change):
     assert module.__dict__.get("rebalance_experts") is before
     messages = _messages(caplog)
     assert len(messages) == 1 and "not laid out as expected" in messages[0]
+
+
+def _moves_per_layer(new, old, k):
+    L, P = new.shape
+    return [sum(len(set(new[l, g:g + k].tolist()) - set(old[l, g:g + k].tolist())) for g in range(0, P, k))
+            for l in range(L)]
+
+
+@pytest.mark.parametrize("name", ["deepseek", "deepseek_hierarchical", "deepseek_vec", "elasticity_aware"])
+def test_max_moves_searches_from_the_served_placement(fake_sglang, monkeypatch, name):
+    plugin.register()
+    old_tokens = torch.poisson(torch.rand(2, 4, 32) * 40).to(torch.int64)
+    tokens = (old_tokens * torch.exp(0.3 * torch.randn(2, 4, 32, generator=torch.Generator().manual_seed(1)))).round()
+    served = eplb_ext.rebalance_experts(old_tokens, 48, 6, 4, 2, name)[0]
+    call = lambda: fake_sglang.dispatcher.rebalance_experts(tokens, 48, 6, 4, 2, SglangAlgorithm[name])  # noqa: E731
+    plain = eplb_ext.rebalance_experts(tokens, 48, 6, 4, 2, name)
+    # Unset: SGLang's algorithm as it is, served placement or not.
+    _serve(fake_sglang, served.int())
+    assert_same(call(), plain)
+    for setting, M in (("3", 3), ("10%", 5), ("0", 0)):
+        monkeypatch.setenv(integrations.MAX_MOVES_ENV, setting)
+        out = call()
+        assert_same(out, eplb_ext.rebalance_experts(tokens, 48, 6, 4, 2, name, previous_physical_to_logical_map=served,
+                                                    max_moves=M))
+        assert max(_moves_per_layer(out[0], served, 6)) <= M
+        check_invariants(out, name, 4, 32, 48, 6, 4, 2)
+    assert torch.equal(out[0].long(), served.long())  # M = 0 keeps the served placement
+    # Nothing served yet (the first placement, at start): a fresh placement.
+    fake_sglang.location.metadata = None
+    assert_same(call(), plain)
+
+
+def test_served_placement_of_another_shape_is_ignored(fake_sglang, monkeypatch, caplog):
+    plugin.register()
+    caplog.set_level(logging.INFO, logger=plugin.logger.name)
+    monkeypatch.setenv(integrations.MAX_MOVES_ENV, "4")
+    tokens = torch.poisson(torch.rand(2, 4, 32) * 40)
+    _serve(fake_sglang, torch.zeros(4, 40, dtype=torch.int64))
+    for _ in range(2):
+        out = fake_sglang.dispatcher.rebalance_experts(tokens, 48, 6, 4, 2, SglangAlgorithm.deepseek)
+        assert_same(out, eplb_ext.rebalance_experts(tokens, 48, 6, 4, 2, "deepseek"))
+    assert sum("has shape (4, 40), not [4, 48]" in m for m in _messages(caplog)) == 1
+    monkeypatch.setitem(sys.modules, plugin.LOCATION_MODULE, None)  # import fails
+    assert plugin.served_placement(tokens, 48) is None
+
+
+def test_bad_max_moves_stops_registration(fake_sglang, monkeypatch, caplog):
+    monkeypatch.setenv(integrations.MAX_MOVES_ENV, "-3")
+    with pytest.raises(ValueError, match="EPLB_EXT_MAX_MOVES='-3': expected moves per layer"):
+        plugin.register()
+    assert fake_sglang.dispatcher.rebalance_experts is fake_sglang.original
+    monkeypatch.setenv(integrations.MAX_MOVES_ENV, "7")
+    caplog.set_level(logging.INFO, logger=plugin.logger.name)
+    assert plugin.register() is True
+    assert any("at most 7 moves per layer" in m for m in _messages(caplog))
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (none present)")
+def test_cuda_search_from_the_served_placement(fake_sglang, monkeypatch):
+    plugin.register()
+    monkeypatch.setenv(integrations.MAX_MOVES_ENV, "4")
+    old_tokens = torch.poisson(torch.rand(2, 4, 32) * 40)
+    tokens = torch.poisson(torch.rand(2, 4, 32) * 40)
+    served = eplb_ext.rebalance_experts(old_tokens, 48, 6, 4, 2, "deepseek")[0]
+    _serve(fake_sglang, served.cuda())
+    out = fake_sglang.dispatcher.rebalance_experts(tokens.cuda(), 48, 6, 4, 2, SglangAlgorithm.deepseek)
+    assert all(t.is_cuda for t in out)
+    assert_same([t.cpu() for t in out], eplb_ext.rebalance_experts(tokens, 48, 6, 4, 2, "deepseek",
+                                                                    previous_physical_to_logical_map=served,
+                                                                    max_moves=4))
 
 
 @pytest.mark.cuda

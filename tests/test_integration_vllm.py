@@ -231,8 +231,8 @@ def test_previous_never_adds_moves():
 @pytest.mark.parametrize("setting,M", [("29", 29), ("10%", 8), ("0", 0), (" 2.5% ", 2)])
 def test_max_moves_setting_searches_from_the_previous_map(monkeypatch, setting, M):
     # 80 slots: 10% is 8 moves, 2.5% is 2.
-    monkeypatch.setenv(plugin.MAX_MOVES_ENV, setting)
-    assert plugin.max_moves_setting(80) == M
+    monkeypatch.setenv(integrations.MAX_MOVES_ENV, setting)
+    assert integrations.max_moves_setting(80) == M
     for seed in range(3):
         old = plugin.EplbExtPolicy.rebalance_experts(torch.from_numpy(tie_free_loads(60 + seed, 4, 64)), 80, 8, 2, 8)
         drift = torch.from_numpy(tie_free_loads(70 + seed, 4, 64))
@@ -246,18 +246,18 @@ def test_max_moves_setting_searches_from_the_previous_map(monkeypatch, setting, 
             assert torch.equal(out, old)
         # Without a previous map the setting changes nothing.
         plain = plugin.EplbExtPolicy.rebalance_experts(drift, 80, 8, 2, 8)
-        monkeypatch.delenv(plugin.MAX_MOVES_ENV)
+        monkeypatch.delenv(integrations.MAX_MOVES_ENV)
         assert torch.equal(plain, plugin.EplbExtPolicy.rebalance_experts(drift, 80, 8, 2, 8))
-        monkeypatch.setenv(plugin.MAX_MOVES_ENV, setting)
+        monkeypatch.setenv(integrations.MAX_MOVES_ENV, setting)
 
 
 def test_max_moves_setting_unset_relabels(monkeypatch):
     for value in (None, "", "  "):
         if value is None:
-            monkeypatch.delenv(plugin.MAX_MOVES_ENV, raising=False)
+            monkeypatch.delenv(integrations.MAX_MOVES_ENV, raising=False)
         else:
-            monkeypatch.setenv(plugin.MAX_MOVES_ENV, value)
-        assert plugin.max_moves_setting(80) is None
+            monkeypatch.setenv(integrations.MAX_MOVES_ENV, value)
+        assert integrations.max_moves_setting(80) is None
     old = plugin.EplbExtPolicy.rebalance_experts(torch.from_numpy(tie_free_loads(5, 4, 64)), 80, 8, 2, 8)
     drift = torch.from_numpy(tie_free_loads(6, 4, 64))
     direct = eplb_ext.rebalance_experts(drift, 80, 10, 8, 2, "deepseek_hierarchical", fixed_width=True,
@@ -267,9 +267,9 @@ def test_max_moves_setting_unset_relabels(monkeypatch):
 
 @pytest.mark.parametrize("value", ["-1", "abc", "1.5", "1e2", "150%", "-5%", "nan%", "inf%", "%"])
 def test_bad_max_moves_setting_raises(monkeypatch, value):
-    monkeypatch.setenv(plugin.MAX_MOVES_ENV, value)
+    monkeypatch.setenv(integrations.MAX_MOVES_ENV, value)
     with pytest.raises(ValueError, match=f"EPLB_EXT_MAX_MOVES={value!r}: expected moves per layer"):
-        plugin.max_moves_setting(80)
+        integrations.max_moves_setting(80)
     w, old = torch.randint(1, 100, (1, 4)), torch.tensor([[0, 1, 2, 3]])
     with pytest.raises(ValueError, match="EPLB_EXT_MAX_MOVES"):
         plugin.EplbExtPolicy.rebalance_experts(w, 4, None, None, 2, old)
@@ -335,7 +335,7 @@ def test_register_needs_the_variable(fake_vllm, monkeypatch, caplog):
 
 def test_register_replaces_the_default_policy(fake_vllm, monkeypatch, caplog):
     monkeypatch.setenv(plugin.ENV, "1")
-    monkeypatch.delenv(plugin.MAX_MOVES_ENV, raising=False)
+    monkeypatch.delenv(integrations.MAX_MOVES_ENV, raising=False)
     caplog.set_level(logging.INFO, logger=plugin.logger.name)
     registry = fake_vllm.EPLB_POLICIES
     assert plugin.register() is True and plugin.register() is True
@@ -351,11 +351,11 @@ def test_register_replaces_the_default_policy(fake_vllm, monkeypatch, caplog):
 
 def test_register_checks_and_logs_the_max_moves_setting(fake_vllm, monkeypatch, caplog):
     monkeypatch.setenv(plugin.ENV, "1")
-    monkeypatch.setenv(plugin.MAX_MOVES_ENV, "ten")
+    monkeypatch.setenv(integrations.MAX_MOVES_ENV, "ten")
     with pytest.raises(ValueError, match="EPLB_EXT_MAX_MOVES='ten'"):
         plugin.register()
     assert fake_vllm.EPLB_POLICIES["default"] is FakeDefault  # nothing patched
-    monkeypatch.setenv(plugin.MAX_MOVES_ENV, "10%")
+    monkeypatch.setenv(integrations.MAX_MOVES_ENV, "10%")
     caplog.set_level(logging.INFO, logger=plugin.logger.name)
     assert plugin.register() is True
     assert any("at most 10% moves per layer" in m for m in _messages(caplog))

@@ -12,6 +12,10 @@ process; on releases without plugins, start the server with
 
 The loads SGLang passes stay on their device (a CUDA tensor gives CUDA
 outputs). Algorithms eplb_ext does not know are left to SGLang's own code.
+With ``EPLB_EXT_MAX_MOVES`` set (moves per layer, ``29``, or a share of the
+slots, ``10%``), a rebalance searches from the placement SGLang serves (its
+global expert-location metadata) with at most that many moves per layer;
+unset, the placement is SGLang's algorithm's, as without eplb_ext.
 """
 
 from __future__ import annotations
@@ -21,16 +25,18 @@ import inspect
 import logging
 from typing import Callable, Dict, Optional, Tuple
 
+import torch
 from torch import Tensor
 
 from .. import algorithms
 from ..build_info import __version__
-from . import log_once
+from . import log_max_moves, log_once, max_moves_setting
 
 logger = logging.getLogger(__name__)
 
 TARGET = "sglang.srt.eplb.eplb_algorithms"
 STATE_MODULE = "sglang.srt.elastic_ep.elastic_ep"
+LOCATION_MODULE = "sglang.srt.eplb.expert_location"
 PARAMETERS = (
     "tokens_per_expert",
     "num_physical_experts",
@@ -62,6 +68,28 @@ def active_ranks() -> Optional[Tensor]:
     return None if state is None else getattr(state, "active_ranks", None)
 
 
+def served_placement(tokens_per_expert: Tensor, num_physical_experts: int) -> Optional[Tensor]:
+    """The placement SGLang serves: ``physical_to_logical_map [L, P]`` of
+    its global expert-location metadata, on the loads' device. None when
+    there is none yet (the first placement, at start) or its shape does not
+    fit the call (logged once)."""
+    try:
+        module = importlib.import_module(LOCATION_MODULE)
+    except ImportError:
+        return None
+    get = getattr(module, "get_global_expert_location_metadata", None)
+    metadata = get() if callable(get) else None
+    served = getattr(metadata, "physical_to_logical_map", None)
+    if not isinstance(served, Tensor):
+        return None
+    expected = (tokens_per_expert.shape[-2], num_physical_experts)
+    if tuple(served.shape) != expected:
+        log_once(logger, logging.INFO, f"eplb_ext: SGLang's served placement has shape {tuple(served.shape)}, "
+                 f"not {list(expected)}; placing without it")
+        return None
+    return served.to(device=tokens_per_expert.device, dtype=torch.int64)
+
+
 def rebalance_experts(
     tokens_per_expert: Tensor,
     num_physical_experts: int,
@@ -74,7 +102,9 @@ def rebalance_experts(
     device; ``algorithm`` an ``EplbAlgorithm`` of SGLang or of eplb_ext, or a
     name. Returns ``(physical_to_logical_map [L, P], logical_to_physical_map
     [L, E, X], logical_count [L, E])`` on the loads' device, with the dtypes
-    and widths of ``eplb_ext.rebalance_experts``."""
+    and widths of ``eplb_ext.rebalance_experts``. With ``EPLB_EXT_MAX_MOVES``
+    set and a served placement (``served_placement``), searched from it with
+    at most that many moves per layer."""
     name = algorithm if isinstance(algorithm, str) else getattr(algorithm, "name", None)
     known = name == "auto" or name in algorithms.EplbAlgorithm.__members__
     if not known and TARGET in _ORIGINAL:
@@ -82,6 +112,12 @@ def rebalance_experts(
         return _ORIGINAL[TARGET](tokens_per_expert, num_physical_experts, num_local_physical_experts,
                                  num_groups, num_nodes, algorithm)
     algo = algorithms.compute_algorithm(name if known else algorithm, num_groups, num_nodes)
+    previous = {}
+    max_moves = max_moves_setting(num_physical_experts)
+    if max_moves is not None:
+        served = served_placement(tokens_per_expert, num_physical_experts)
+        if served is not None:
+            previous = dict(previous_physical_to_logical_map=served, max_moves=max_moves)
     return algorithms.rebalance_experts(
         tokens_per_expert,
         num_physical_experts,
@@ -90,6 +126,7 @@ def rebalance_experts(
         num_nodes,
         algo,
         active_ranks=active_ranks() if algo.elastic else None,
+        **previous,
     )
 
 
@@ -115,7 +152,10 @@ def register() -> bool:
     Returns True when SGLang now uses eplb_ext (also when it already did);
     False, with one log line, when SGLang is not importable or its module
     layout is not the expected one, in which case nothing is changed.
+    Raises ValueError for a bad ``EPLB_EXT_MAX_MOVES``, so that a wrong
+    setting stops the server at start rather than at its first rebalance.
     """
+    max_moves_setting(100)  # raises for a bad value
     try:
         module = importlib.import_module(TARGET)
     except Exception as exc:  # SGLang absent, or failing to import here
@@ -131,6 +171,7 @@ def register() -> bool:
     _ORIGINAL[TARGET] = module.rebalance_experts
     module.rebalance_experts = rebalance_experts
     log_once(logger, logging.INFO, f"eplb_ext {__version__}: SGLang's EPLB ({TARGET}.rebalance_experts) now runs on eplb_ext")
+    log_max_moves(logger)
     return True
 
 

@@ -24,7 +24,6 @@ from __future__ import annotations
 import importlib
 import inspect
 import logging
-import math
 import os
 from typing import Dict, Optional, Tuple
 
@@ -36,14 +35,13 @@ from .. import algorithms
 from .. import deepseek as ds
 from .._validate import has_integer_dtype, unreadable
 from ..build_info import __version__
-from . import log_once
+from . import log_max_moves, log_once, max_moves_setting
 
 # Under "vllm": vLLM configures handlers for its own logger tree only, so
 # this is where its log shows what the plugin did.
 logger = logging.getLogger("vllm.eplb_ext")
 
 ENV = "EPLB_EXT_VLLM"
-MAX_MOVES_ENV = "EPLB_EXT_MAX_MOVES"
 POLICY_MODULE = "vllm.distributed.eplb.policy"
 PARAMETERS = ("weight", "num_replicas", "num_groups", "num_nodes", "num_ranks")
 _ORIGINAL: Dict[str, type] = {}
@@ -80,31 +78,6 @@ def _previous_kwargs(old: Optional[Tensor], num_layers: int, num_replicas: int, 
                  "placing without it")
         return {}
     return {"previous_physical_to_logical_map": old}
-
-
-def max_moves_setting(num_replicas: int) -> Optional[int]:
-    """``EPLB_EXT_MAX_MOVES`` as moves per layer for ``num_replicas`` slots:
-    None when unset or empty (relabeling only); an integer >= 0 as it is; a
-    percentage in [0, 100] (``"10%"``) of ``num_replicas``, rounded to the
-    nearest integer. Raises ValueError for anything else."""
-    raw = os.environ.get(MAX_MOVES_ENV, "").strip()
-    if not raw:
-        return None
-    try:
-        if raw.endswith("%"):
-            share = float(raw[:-1])
-            if not 0.0 <= share <= 100.0:  # also false for nan
-                raise ValueError
-            return int(math.floor(share * num_replicas / 100.0 + 0.5))
-        moves = int(raw)
-        if moves < 0:
-            raise ValueError
-        return moves
-    except ValueError:
-        raise ValueError(
-            f"{MAX_MOVES_ENV}={raw!r}: expected moves per layer, an integer >= 0 (e.g. 29), or a share of "
-            "the slots, a percentage in [0, 100] (e.g. 10%)"
-        ) from None
 
 
 class EplbExtPolicy(*_bases()):
@@ -235,9 +208,7 @@ def register() -> bool:
     _ORIGINAL["default"] = default
     policies["default"] = EplbExtPolicy  # in place: vLLM's EPLB state looks policies up in this dict
     log_once(logger, logging.INFO, f"eplb_ext {__version__}: vLLM's default EPLB policy is now eplb_ext's")
-    if os.environ.get(MAX_MOVES_ENV, "").strip():
-        log_once(logger, logging.INFO, f"eplb_ext: rebalances search from the previous placement, at most "
-                 f"{os.environ[MAX_MOVES_ENV].strip()} moves per layer ({MAX_MOVES_ENV})")
+    log_max_moves(logger)
     return True
 
 
