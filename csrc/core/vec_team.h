@@ -243,6 +243,10 @@ EPLB_HD void vec_fill_step_team(const Team& team, const VecLayer& ly, const VecT
   team.single([&] { vec_store_step(ly, c, S, st, top); });
 }
 
+// The entries a step's list must hold for the pick (its top and second
+// score; one for a one-expert chunk): a shorter list is scanned again.
+EPLB_HD int32_t vec_list_need(int32_t en) { return en < 2 ? en : 2; }
+
 // Step st after chunk expert j got a replica, on one lane. Only j's key
 // changed, and it moved later in the order. Every expert outside the list
 // comes after the list's last key (true after a scan, and kept here), so:
@@ -272,7 +276,7 @@ EPLB_HD void vec_update_step(const VecLayer& ly, const VecTeamChunk& c, int64_t 
   const uint64_t kj = vec_key(vec_score(vec_load(ly, c, j, st), e0, j, c.cnt[j]), j);
   const bool back = en <= kVecTop || (m > 0 && kj > last);
   if (back) top.add(kj);
-  if (m + (int32_t)back < (en < 2 ? en : 2)) {
+  if (m + (int32_t)back < vec_list_need(en)) {
     c.tn[st] = m + (int32_t)back;
   } else {
     vec_store_step(ly, c, S, st, top);
@@ -288,7 +292,7 @@ template <typename Team>
 EPLB_HD void vec_team_tops(const Team& team, const VecLayer& ly, const VecTeamChunk& c,
                            int64_t S, int32_t e0, int32_t en, int32_t picked) {
   // S <= 2^31 - 1 (checked by the ops): steps fit the team's int32 indices.
-  const int32_t need = en < 2 ? en : 2;
+  const int32_t need = vec_list_need(en);
   if (picked >= 0) {
     team.for_each((int32_t)S, [&](int32_t st) { vec_update_step(ly, c, S, e0, en, st, picked); });
     team.sync();
