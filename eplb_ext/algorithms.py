@@ -234,14 +234,10 @@ def rebalance_experts(
         phy2log, log2phy, logcnt, phy_rank = _ops.call(_ops.ops.deepseek_mapped, tokens, P, k, C, N)
     else:
         phy2log, phy_rank, logcnt = _ops.call(_ops.ops.deepseek, tokens, P, k, C, N)
-        if plan is not None:
-            # migrate builds the map of the placement it returns; the fresh
-            # placement's map would only be dropped.
-            return migration.apply_previous(
-                (phy2log, None, logcnt), tokens, plan, k, C, N, largest_count_width=True, ranks=phy_rank
-            )
-        # The one host read of the call: the width is the largest count.
-        log2phy = _ops.logical_to_physical_counted(phy2log, phy_rank, logcnt, num_experts)
+        # The one host read of the call: the width is the largest count. With
+        # a previous map, migrate builds the map of the placement it returns
+        # and the fresh placement's would only be dropped.
+        log2phy = None if plan is not None else _ops.logical_to_physical_counted(phy2log, phy_rank, logcnt, num_experts)
     return migration.apply_previous(
         (phy2log, log2phy, logcnt), tokens, plan, k, C, N, largest_count_width=not fixed_width, ranks=phy_rank
     )

@@ -362,6 +362,10 @@ EPLB_HD double search_pass(const Team& team, MigrateDims d, MigrateScratch& s, b
   return best_bal;
 }
 
+// Step 6's passes and their floors (tau).
+constexpr int32_t kSearchPasses = 3;
+EPLB_HD double search_floor(int32_t pass) { return pass == 0 ? 0.0 : pass == 1 ? -0.6 : -1.2; }
+
 // Runs the search from s.q (which must hold every expert in full slots,
 // all GPUs active, s.qcnt and s.home filled): step 6, one pass per floor,
 // the most balanced placement of all passes in s.best (the earliest pass on
@@ -369,10 +373,9 @@ EPLB_HD double search_pass(const Team& team, MigrateDims d, MigrateScratch& s, b
 template <typename Team>
 EPLB_HD double incremental_search(const Team& team, MigrateDims d, MigrateScratch& s, bool hier,
                                   int32_t M) {
-  const double floors[3] = {0.0, -0.6, -1.2};
   double best_bal = -1.0;
-  for (int32_t i = 0; i < 3 && best_bal < 1.0; ++i) {
-    best_bal = search_pass(team, d, s, hier, M, floors[i], best_bal);
+  for (int32_t i = 0; i < kSearchPasses && best_bal < 1.0; ++i) {
+    best_bal = search_pass(team, d, s, hier, M, search_floor(i), best_bal);
   }
   return best_bal;
 }

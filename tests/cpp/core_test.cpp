@@ -923,12 +923,11 @@ static void test_search_passes() {
     const int32_t E = P - rng.below(G + 1), M = 2 + rng.below(10);
     const MigrateDims d{E, P, k, G, 1, 1, M, 0.0};
     MigrateScratch s = search_case(rng, d, false, buf);
-    const double taus[3] = {0.0, -0.6, -1.2};
     double alone = -1.0;
     int32_t winner = -1;
     std::vector<int32_t> best;
-    for (int32_t i = 0; i < 3; ++i) {
-      const double b = search_pass(LaneTeam<1>{}, d, s, false, M, taus[i], -1.0);
+    for (int32_t i = 0; i < kSearchPasses; ++i) {
+      const double b = search_pass(LaneTeam<1>{}, d, s, false, M, search_floor(i), -1.0);
       if (b > alone) alone = b, winner = i, best.assign(s.best, s.best + P);
       if (alone >= 1.0) break;
     }
