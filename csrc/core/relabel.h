@@ -29,7 +29,8 @@ struct MigrateDims {
   double min_improvement;  // in [0, 1]
 };
 
-// Per-layer scratch, carved from one buffer (migrate_scratch).
+// Per-layer scratch, carved from one buffer (migrate_scratch). Arrays
+// marked R serve only the relabeling and share their bytes with gcnt.
 struct MigrateScratch {
   double* w;         // E      the layer's load (float32 sum over steps, widened)
   double* rep;       // E      load per replica, w / count
@@ -37,8 +38,8 @@ struct MigrateScratch {
   double* dl;        // G      load changes of one candidate
   double* phi0;      // G      each GPU's term of the search objective
   int32_t* q;        // P      Q, ids outside [0, E) read as -1 (empty)
-  int32_t* f;        // P      F's experts
-  int32_t* fr;       // P      F's replica ranks
+  int32_t* f;        // P      F's experts (R)
+  int32_t* fr;       // P      F's replica ranks (R)
   int32_t* r;        // P      F relabeled
   int32_t* rr;       // P      its ranks
   int32_t* cur;      // P      the search's placement
@@ -62,23 +63,23 @@ struct MigrateScratch {
   int32_t* stamp;    // E      "seen on this GPU" marks
   int32_t* home;     // E      node of each expert in Q
   int32_t* qcnt;     // G * E  copies of e on GPU g in Q
-  int32_t* qoff;     // E + 1  offsets into qhold (relabeling)
-  int32_t* qhold;    // P      active GPUs holding each expert in Q, per expert
+  int32_t* qoff;     // E + 1  offsets into qhold (R)
+  int32_t* qhold;    // P      active GPUs holding each expert in Q, per expert (R)
   int32_t* gcnt;     // G * E  search state per (GPU, expert), incremental.h
-  int32_t* overlap;  // G * G
-  int64_t* cost;     // G * G  (also N * N)
-  int32_t* perm;     // G      new GPU -> old position
+  int32_t* overlap;  // G * G  (R)
+  int64_t* cost;     // G * G  (also N * N) (R)
+  int32_t* perm;     // G      new GPU -> old position (R)
   int32_t* act;      // G      active GPUs, ascending
-  int32_t* col;      // G      assignment result
-  int32_t* sub;      // N * N * G/N  best GPU assignment of each node pair
-  int64_t* nodew;    // N * N
+  int32_t* col;      // G      assignment result (R)
+  int32_t* sub;      // N * N * G/N  best GPU assignment of each node pair (R)
+  int64_t* nodew;    // N * N  (R)
   int32_t* touched;  // G
   int32_t* ord;      // G      GPUs by ascending load (search, one step)
   uint8_t* on;       // G      active GPUs
-  uint8_t* used;     // k
-  uint8_t* filled;   // k
+  uint8_t* used;     // k      (R)
+  uint8_t* filled;   // k      (R)
   int32_t tag;       // the next stamp value
-  AssignScratch as;  // sized G
+  AssignScratch as;  // sized G (R)
 };
 
 EPLB_HD int64_t migrate_scratch(MigrateDims d, void* buf, MigrateScratch* out) {
@@ -91,8 +92,6 @@ EPLB_HD int64_t migrate_scratch(MigrateDims d, void* buf, MigrateScratch* out) {
   s.dl = c.take<double>(G);
   s.phi0 = c.take<double>(G);
   s.q = c.take<int32_t>(P);
-  s.f = c.take<int32_t>(P);
-  s.fr = c.take<int32_t>(P);
   s.r = c.take<int32_t>(P);
   s.rr = c.take<int32_t>(P);
   s.cur = c.take<int32_t>(P);
@@ -116,25 +115,34 @@ EPLB_HD int64_t migrate_scratch(MigrateDims d, void* buf, MigrateScratch* out) {
   s.stamp = c.take<int32_t>(E);
   s.home = c.take<int32_t>(E);
   s.qcnt = c.take<int32_t>(G * E);
-  s.qoff = c.take<int32_t>(E + 1);
-  s.qhold = c.take<int32_t>(P);
-  s.gcnt = c.take<int32_t>(G * E);
-  s.overlap = c.take<int32_t>(G * G);
-  s.cost = c.take<int64_t>(G * G > N * N ? G * G : N * N);
-  s.perm = c.take<int32_t>(G);
   s.act = c.take<int32_t>(G);
-  s.col = c.take<int32_t>(G);
-  s.sub = c.take<int32_t>(N * G);
-  s.nodew = c.take<int64_t>(N * N);
   s.touched = c.take<int32_t>(G);
   s.ord = c.take<int32_t>(G);
   s.on = c.take<uint8_t>(G);
+  s.tag = 0;
+  // The relabeling's own arrays are dead once R is made (migrate_begin),
+  // before the search first touches gcnt: they share its bytes, which keeps
+  // a DeepSeek-V3 layer near 96 KB instead of 115 KB (two blocks per SM
+  // where the state is in shared memory).
+  const int64_t shared = c.off;
+  s.f = c.take<int32_t>(P);
+  s.fr = c.take<int32_t>(P);
+  s.qoff = c.take<int32_t>(E + 1);
+  s.qhold = c.take<int32_t>(P);
+  s.overlap = c.take<int32_t>(G * G);
+  s.cost = c.take<int64_t>(G * G > N * N ? G * G : N * N);
+  s.perm = c.take<int32_t>(G);
+  s.col = c.take<int32_t>(G);
+  s.sub = c.take<int32_t>(N * G);
+  s.nodew = c.take<int64_t>(N * N);
   s.used = c.take<uint8_t>(d.k);
   s.filled = c.take<uint8_t>(d.k);
-  s.tag = 0;
   s.as = take_assign_scratch(c, G);
+  const int64_t relabel_end = c.off;
+  c.off = shared;
+  s.gcnt = c.take<int32_t>(G * E);
   if (out) *out = s;
-  return c.off;
+  return c.off > relabel_end ? c.off : relabel_end;
 }
 
 // gc[g * E + e] = copies of e on GPU g in placement a (empty slots skipped).
