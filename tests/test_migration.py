@@ -339,3 +339,22 @@ def test_cuda_matches_cpu(algorithm):
         gpu = rebalance(new.cuda(), P, k, C, N, algorithm, previous_physical_to_logical_map=prev.cuda(), **kwargs)
         for a, b in zip(cpu, gpu):
             assert b.is_cuda and a.dtype == b.dtype and torch.equal(a, b.cpu())
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (none present)")
+@pytest.mark.parametrize("shape", [(256, 288, 9, 8, 4, 58), (1024, 1152, 9, 8, 4, 3)], ids=["dsv3", "global"])
+def test_cuda_search_passes_in_blocks(shape):
+    # The kernel runs each layer's search passes in blocks of their own and
+    # the last to finish combines them: many layers (every arrival order
+    # occurs), and a shape whose state is in global memory instead of shared.
+    E, P, k, C, N, L = shape
+    old = loads(L, E, 81)
+    prev = rebalance(old, P, k, C, N, "deepseek")[0]
+    for sigma, M in ((0.05, 29), (0.2, 58)):
+        new = drift(old, sigma, 82)
+        cpu = rebalance(new, P, k, C, N, "deepseek", previous_physical_to_logical_map=prev, max_moves=M)
+        gpu = rebalance(new.cuda(), P, k, C, N, "deepseek", previous_physical_to_logical_map=prev.cuda(),
+                        max_moves=M)
+        for a, b in zip(cpu, gpu):
+            assert b.is_cuda and a.dtype == b.dtype and torch.equal(a, b.cpu())

@@ -144,4 +144,75 @@ EPLB_HD void migrate_layer(const Team& team, MigrateDims d, MigrateScratch& s, M
   team.single([&] { migrate_end(d, s, io, pl, bal_s); });
 }
 
+// The CUDA kernel runs step 6's passes side by side instead: one block per
+// (layer, pass), each from Q (search_pass with no earlier best), leaving its
+// best placement and balancedness on the layer's board; the last block to
+// arrive combines them. This gives migrate_layer's bits. A pass's path does
+// not depend on the earlier passes, only which placements it keeps does:
+// alone it keeps the first placement of its highest balancedness, which is
+// what incremental_search keeps from it when that balancedness beats the
+// earlier passes'. So the combination takes the passes in order, a later
+// one winning only when strictly more balanced, and only while the best so
+// far is below 1 (where incremental_search stops).
+struct PassBoard {
+  int32_t* best;  // kSearchPasses * P
+  double* bal;    // kSearchPasses
+};
+
+EPLB_HD int64_t pass_board(MigrateDims d, void* buf, PassBoard* out) {
+  Carver c{(char*)buf, 0};
+  PassBoard b;
+  b.best = c.take<int32_t>((int64_t)kSearchPasses * d.P);
+  b.bal = c.take<double>(kSearchPasses);
+  if (out) *out = b;
+  return c.off;
+}
+
+// Blocks per layer: the passes when the search may run, else one.
+EPLB_HD int32_t migrate_blocks(MigrateDims d) { return d.max_moves > 0 ? kSearchPasses : 1; }
+
+// Block `pass` of a layer. arrive() is called by every lane once the
+// block's board entries are written, and is true, on every lane, in
+// exactly one block of the layer: the last to arrive, whose reads of the
+// board (volatile: other blocks wrote it) must see every block's entries.
+template <typename Team, typename Arrive>
+EPLB_HD void migrate_layer_pass(const Team& team, MigrateDims d, MigrateScratch& s, MigrateIO io,
+                                int32_t pass, PassBoard board, const Arrive& arrive) {
+  const MigratePlan pl = team.single_result([&] { return migrate_begin(d, s, io); });
+  if (!pl.search) {
+    // Every block planned alike: block 0 writes the layer, the others leave.
+    if (pass == 0) team.single([&] { migrate_end(d, s, io, pl, 0.0); });
+    return;
+  }
+  const double bal = search_pass(team, d, s, pl.hier != 0, d.max_moves, search_floor(pass), -1.0);
+  team.for_each(d.P, [&](int32_t p) { board.best[(int64_t)pass * d.P + p] = s.best[p]; });
+  team.single([&] { board.bal[pass] = bal; });
+  if (!arrive()) return;
+  const volatile int32_t* seen = board.best;
+  const volatile double* bals = board.bal;
+  int32_t win = 0;
+  double best_bal = bals[0];
+  for (int32_t i = 1; i < kSearchPasses; ++i) {
+    const double b = bals[i];
+    if (best_bal < 1.0 && b > best_bal) win = i, best_bal = b;
+  }
+  if (win != pass) {
+    team.for_each(d.P, [&](int32_t p) { s.best[p] = seen[(int64_t)win * d.P + p]; });
+    team.sync();
+  }
+  team.single([&] { migrate_end(d, s, io, pl, best_bal); });
+}
+
+// A layer's blocks run one after another, in the arrival order `order` (a
+// permutation of [0, migrate_blocks(d))): how the host tests run the CUDA
+// kernel's layout, every order giving migrate_layer's bits.
+template <typename Team>
+void migrate_layer_blocks(const Team& team, MigrateDims d, MigrateScratch& s, MigrateIO io,
+                          PassBoard board, const int32_t* order) {
+  const int32_t n = migrate_blocks(d);
+  for (int32_t i = 0; i < n; ++i) {
+    migrate_layer_pass(team, d, s, io, order[i], board, [&] { return i == n - 1; });
+  }
+}
+
 }  // namespace eplb

@@ -850,6 +850,16 @@ static void test_migrate_layers() {
     MigrateIO io32{w.data(), f.data(), r.data(), q.data(), act.data(), op32.data(), orank32.data(), ocnt32.data(), info32.data()};
     migrate_layer(LaneTeam<32>{}, d, s, io32);
     CHECK(same(op, op32) && same(orank, orank32) && same(ocnt, ocnt32) && same(info, info32));
+    // The CUDA kernel's layout, a block per pass, in every arrival order.
+    std::vector<uint64_t> bbuf(pass_board(d, nullptr, nullptr) / 8 + 1);
+    PassBoard board;
+    pass_board(d, bbuf.data(), &board);
+    int32_t order[kSearchPasses] = {0, 1, 2};
+    do {
+      std::fill(op32.begin(), op32.end(), -7);
+      migrate_layer_blocks(LaneTeam<32>{}, d, s, io32, board, order);
+      CHECK(same(op, op32) && same(orank, orank32) && same(ocnt, ocnt32) && same(info, info32));
+    } while (migrate_blocks(d) > 1 && std::next_permutation(order, order + kSearchPasses));
     bool ok = true;
     for (int32_t p = 0; p < P; ++p) ok = ok && op[p] >= 0 && op[p] < E;
     CHECK(ok);
@@ -942,11 +952,52 @@ static void test_search_passes() {
   CHECK(improved > 0);
 }
 
+// A block per pass (the CUDA kernel's layout) on layers large enough for the
+// later passes to win: every arrival order gives migrate_layer's bits.
+static void test_migrate_blocks() {
+  Rng rng{9090};
+  int later = 0;
+  for (int trial = 0; trial < 40; ++trial) {
+    const int32_t G = 4 + rng.below(12), k = 2 + rng.below(4), P = G * k;
+    const int32_t E = P - rng.below(G + 1), M = 2 + rng.below(10);
+    const MigrateDims d{E, P, k, G, 1, 1, M, 0.0};
+    std::vector<float> w(E);
+    for (auto& x : w) x = rng.unit() * rng.unit() * 1000.0f;
+    // F and Q: every expert once, the other slots random, shuffled.
+    std::vector<int64_t> f(P), q(P), fr(P, 0);
+    for (auto* a : {&f, &q}) {
+      for (int32_t p = 0; p < P; ++p) (*a)[p] = p < E ? p : rng.below(E);
+      for (int32_t p = P - 1; p > 0; --p) std::swap((*a)[p], (*a)[rng.below(p + 1)]);
+    }
+    std::vector<uint64_t> buf(migrate_scratch(d, nullptr, nullptr) / 8 + 1);
+    MigrateScratch s;
+    migrate_scratch(d, buf.data(), &s);
+    std::vector<int64_t> op(P), orank(P), ocnt(E), info(3), op2(P), orank2(P), ocnt2(E), info2(3);
+    MigrateIO io{w.data(), f.data(), fr.data(), q.data(), nullptr, op.data(), orank.data(), ocnt.data(), info.data()};
+    MigrateIO io2{w.data(), f.data(), fr.data(), q.data(), nullptr, op2.data(), orank2.data(), ocnt2.data(), info2.data()};
+    migrate_layer(LaneTeam<1>{}, d, s, io);
+    std::vector<uint64_t> bbuf(pass_board(d, nullptr, nullptr) / 8 + 1);
+    PassBoard board;
+    pass_board(d, bbuf.data(), &board);
+    int32_t order[kSearchPasses] = {0, 1, 2};
+    do {
+      std::fill(op2.begin(), op2.end(), -7);
+      migrate_layer_blocks(LaneTeam<32>{}, d, s, io2, board, order);
+      CHECK(same(op, op2) && same(orank, orank2) && same(ocnt, ocnt2) && same(info, info2));
+    } while (std::next_permutation(order, order + kSearchPasses));
+    const double b0 = board.bal[0];
+    later += info[0] == kSearched && b0 < 1.0 && (board.bal[1] > b0 || board.bal[2] > b0);
+  }
+  // Otherwise the combination's choice of a later pass is never exercised.
+  CHECK(later > 0);
+}
+
 int main() {
   test_assignment_brute();
   test_migrate_layers();
   test_search_bookkeeping();
   test_search_passes();
+  test_migrate_blocks();
   test_half_and_bf16();
   test_load_faults();
   test_sums();

@@ -28,14 +28,16 @@ void check_map_values(const Tensor& t, const char* name, int64_t lo, int64_t hi,
   }
 }
 
-// The op on a team of W emulated lanes: W = 1 is the CPU kernel; W = 32
-// runs the CUDA kernel's lane-parallel scans on the host (_lanes_migrate),
+// The op on a team of W emulated lanes: W = 1 without blocks is the CPU
+// kernel. _lanes_migrate runs the CUDA kernel's layout on the host (blocks:
+// a block per search pass, in an arrival order that turns with the layer,
+// so that each pass is last somewhere; W = 32: its lane-parallel scans),
 // which must give the same bits.
 template <int W>
 std::tuple<Tensor, Tensor, Tensor, Tensor> migrate_team(Tensor tokens, Tensor phy2log, Tensor rank,
                                                         Tensor previous, Tensor active, int64_t k,
                                                         int64_t C, int64_t N, int64_t max_moves,
-                                                        double min_improvement) {
+                                                        double min_improvement, bool blocks) {
   Placement a;
   const MigrateDims d = check_migrate_args(tokens, phy2log, rank, previous, active, k, C, N,
                                            max_moves, min_improvement, &a);
@@ -53,12 +55,15 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> migrate_team(Tensor tokens, Tensor ph
     const Loads<T> t = make_loads<T>(tokens);
     check_every_load(t, "tokens_per_expert", tokens.dim() == 3);
     const int64_t core = migrate_scratch(d, nullptr, nullptr);
-    const int64_t bytes = core + (int64_t)(sizeof(float) + sizeof(Sum128)) * (a.E + 1);
+    const int64_t board = blocks ? pass_board(d, nullptr, nullptr) : 0;
+    const int64_t bytes = core + board + (int64_t)(sizeof(float) + sizeof(Sum128)) * (a.E + 1);
     const int64_t work = a.P * (a.G + 2 * a.k) * (d.max_moves > 0 ? d.max_moves : 1);  // clamped to P
     for_each_layer(a.L, grain_for(work), bytes, [&](int64_t l, void* buf) {
       MigrateScratch s;
       migrate_scratch(d, buf, &s);
       Carver c{static_cast<char*>(buf), core};
+      PassBoard pb;
+      pass_board(d, c.take<char>(board), &pb);
       float* w = c.take<float>(a.E);
       Sum128* acc = c.take<Sum128>(a.E);
       load_layer(t, l, w, acc, nullptr);
@@ -67,7 +72,11 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> migrate_team(Tensor tokens, Tensor ph
                    ptr<int64_t>(previous) + lp, act, ptr<int64_t>(out.p2l) + lp,
                    ptr<int64_t>(out.rank) + lp, ptr<int64_t>(out.cnt) + l * a.E,
                    ptr<int64_t>(out.info) + l * 3};
-      migrate_layer(LaneTeam<W>{}, d, s, io);
+      if (!blocks) return migrate_layer(LaneTeam<W>{}, d, s, io);
+      const int32_t n = migrate_blocks(d);
+      int32_t order[kSearchPasses];
+      for (int32_t i = 0; i < n; ++i) order[i] = (int32_t)((l + i) % n);
+      migrate_layer_blocks(LaneTeam<W>{}, d, s, io, pb, order);
     });
   });
   return out.tuple();
@@ -78,7 +87,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> migrate_cpu(Tensor tokens, Tensor phy
                                                        int64_t C, int64_t N, int64_t max_moves,
                                                        double min_improvement) {
   return migrate_team<1>(tokens, phy2log, rank, previous, active, k, C, N, max_moves,
-                         min_improvement);
+                         min_improvement, false);
 }
 
 std::tuple<Tensor, Tensor, Tensor, Tensor> lanes_migrate_cpu(Tensor tokens, Tensor phy2log,
@@ -90,10 +99,10 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> lanes_migrate_cpu(Tensor tokens, Tens
   EPLB_CHECK_VALUE(width == 1 || width == 32, "width = ", width, " must be 1 or 32");
   if (width == 1) {
     return migrate_team<1>(tokens, phy2log, rank, previous, active, k, C, N, max_moves,
-                           min_improvement);
+                           min_improvement, true);
   }
   return migrate_team<32>(tokens, phy2log, rank, previous, active, k, C, N, max_moves,
-                          min_improvement);
+                          min_improvement, true);
 }
 
 }  // namespace

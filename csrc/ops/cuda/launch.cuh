@@ -46,10 +46,15 @@ int64_t dynamic_smem_limit(void (*kernel)(Args...)) {
   EPLB_CUDA_CHECK(cudaFuncGetAttributes(&fa, kernel));
   // At least 1, so that 0 keeps meaning "not read".
   const int64_t limit = std::max<int64_t>(1, (int64_t)optin - (int64_t)fa.sharedSizeBytes);
-  // Launches above 48 KB need the opt-in: granted once, up to the limit.
+  // Launches above 48 KB need the opt-in: granted once, up to the limit,
+  // with the largest shared-memory carveout (a hint), so that blocks of such
+  // states still fit two to an SM where they can (the migrate kernel's
+  // ~97 KB at DeepSeek-V3 shape).
   if (limit > 48 * 1024) {
     EPLB_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                          (int)limit));
+    EPLB_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributePreferredSharedMemoryCarveout,
+                                         (int)cudaSharedmemCarveoutMaxShared));
   }
   if (device >= 0 && device < kDevices) cache[device].store(limit, std::memory_order_relaxed);
   return limit;
@@ -57,21 +62,23 @@ int64_t dynamic_smem_limit(void (*kernel)(Args...)) {
 
 template <typename... Args, typename... Given>
 void launch_with_state(void (*kernel)(char*, int64_t, Args...), const torch::stable::Tensor& like,
-                       unsigned blocks, unsigned threads, int64_t bytes, Given&&... args) {
+                       dim3 grid, unsigned threads, int64_t bytes, Given&&... args) {
   const cudaStream_t stream = cuda_stream(like);
   if (bytes <= dynamic_smem_limit(kernel)) {
-    kernel<<<blocks, threads, (size_t)bytes, stream>>>(nullptr, 0, std::forward<Given>(args)...);
+    kernel<<<grid, threads, (size_t)bytes, stream>>>(nullptr, 0, std::forward<Given>(args)...);
     EPLB_CUDA_CHECK_LAUNCH();
     return;
   }
-  // Blocks 256-byte aligned. The tensor may be freed once the launch is
-  // queued: the caching allocator reuses it only in stream order.
+  // Blocks 256-byte aligned, block (x, y) at x + y * grid.x. The tensor may
+  // be freed once the launch is queued: the caching allocator reuses it
+  // only in stream order.
   const int64_t stride = (bytes + 255) / 256 * 256;
-  const int64_t total = checked_mul_add((int64_t)blocks, stride);
+  const int64_t blocks = (int64_t)grid.x * grid.y * grid.z;
+  const int64_t total = checked_mul_add(blocks, stride);
   EPLB_CHECK_MEMORY(total >= 0, "could not allocate ", blocks, " x ", stride,
                     " bytes of GPU scratch: more than 2**63 bytes");
   torch::stable::Tensor buf = new_index(like, {total}, ScalarType::Byte);
-  kernel<<<blocks, threads, 0, stream>>>(static_cast<char*>(buf.mutable_data_ptr()), stride,
+  kernel<<<grid, threads, 0, stream>>>(static_cast<char*>(buf.mutable_data_ptr()), stride,
                                          std::forward<Given>(args)...);
   EPLB_CUDA_CHECK_LAUNCH();
 }
