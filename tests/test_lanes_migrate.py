@@ -1,6 +1,7 @@
-"""The migrate op's lane-parallel search (the CUDA kernel's code) run on the
-host: 32 emulated lanes must give the bits of one lane, which is the CPU op,
-for relabeled, searched and kept layers alike."""
+"""The migrate op's CUDA layout run on the host: a block per search pass,
+in an arrival order that turns with the layer, on 1 and 32 emulated lanes,
+must give the bits of the CPU op (the passes one after another on one
+lane), for relabeled, searched and kept layers alike."""
 
 from __future__ import annotations
 
