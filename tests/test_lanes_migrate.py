@@ -98,6 +98,23 @@ def test_lanes_match_on_ties_and_zeros():
             run_both(tokens, prev, k, c, n, 8)
 
 
+def test_lanes_match_where_a_swap_reaches_its_bound():
+    """A layer whose best swap in one step moves exactly half the gap between
+    two GPUs: its drop, rounded in another order than the bound that lets a
+    scan skip partners, came out one ulp past that bound, so one lane skipped
+    it and 32 lanes did not. Bounds are loosened before they skip anything."""
+    tokens = torch.tensor([[112, 148, 116, 632, 865, 6, 810, 80, 79, 227, 22, 11, 167, 973, 302, 1, 180,
+                            12, 52, 29, 369, 637, 331, 165, 417, 17, 446, 7, 1, 2, 0, 152, 616, 270, 6,
+                            0, 48, 905, 0, 2, 211, 50, 52, 15, 759, 437, 440, 109, 4, 194]])
+    prev = torch.tensor([[20, 44, 32, 24, 9, 36, 11, 15, 26, 21, 32, 12, 2, 7, 10, 38, 4, 33, 32, 24, 40,
+                          42, 29, 39, 4, 21, 49, 14, 0, 47, 17, 30, 13, 37, 3, 46, 46, 19, 5, 27, 13, 22,
+                          3, 45, 1, 8, 48, 35, 6, 37, 44, 45, 23, 41, 43, 28, 6, 37, 44, 16, 31, 18, 25,
+                          34]])
+    for mi in (0.0, 0.01):
+        out = run_both(tokens, prev, 8, 1, 1, 10, mi)
+        assert int(out[3][0, 0]) == 1  # searched
+
+
 def test_lanes_match_on_odd_previous_maps():
     """Previous maps the search cannot start from (an empty slot, a missing
     expert) and ones it can (another layer's placement, a rolled trivial

@@ -108,6 +108,15 @@ EPLB_HD bool beats_bound(const Pick& p, int32_t c, double bound) {
   return x.worse_than(p.cost, p.dphi);
 }
 
+// The bounds that let a scan skip candidates hold in real arithmetic, but a
+// candidate's drop is rounded in another order than its bound and can come
+// out a few ulps past it (a swap of exactly half the gap, which integer
+// loads make common). A bound is therefore loosened by far more than that
+// rounding, 1e-9 of the size of the Phi terms it is made of, before it
+// skips anything: no skipped candidate could have won, so the pick is the
+// full scan's whichever lane scans what.
+EPLB_HD double loosened(double bound, double terms) { return bound - 1e-9 * terms; }
+
 // One step's candidates for the hottest GPU g (see the top of the file).
 // Lanes scan disjoint candidates, each keeping its first best; the merge by
 // better_pick gives the pick of one lane scanning them all in order. A lane
@@ -151,7 +160,8 @@ EPLB_HD Pick search_step(const Team& team, Search& z, int32_t g, int32_t M) {
     const double gap = lg - lh;
     if (h == g || !(gap > 0.0)) return;
     const double mid = (lg + lh) / 2.0;
-    const double reach = (z.phi(mid) + z.phi(mid)) - (pg + ph);
+    const double pm = z.phi(mid);
+    const double reach = loosened((pm + pm) - (pg + ph), (pm + pm) + (pg + ph));
     if (!acc.worse_than(0, reach)) return;
     int32_t cmin_g = 9, cmin_h = 9;
     for (int32_t t = h * k; t < (h + 1) * k; ++t) cmin_h = s.sadd[t] < cmin_h ? s.sadd[t] : cmin_h;
@@ -198,12 +208,13 @@ EPLB_HD Pick search_step(const Team& team, Search& z, int32_t g, int32_t M) {
     if (!s.uniq[i]) continue;
     const int32_t e = s.cur[i];
     const double ne = s.w[e] / (double)(s.cnt[e] + 1);
-    double relief = 0.0;
+    double relief = 0.0, held = 0.0;  // held: the holders' Phi terms, for loosened()
     for (int32_t p = s.head[e]; p >= 0; p = s.nxt[p]) {
       const int32_t y = p / k;
       if (!s.uniq[p] || !(s.phi0[y] > 0.0)) continue;
       const double n_y = (double)(s.gcnt[(int64_t)y * d.E + e] >> 1);
       relief = relief + (s.phi0[y] - z.phi(s.load[y] + n_y * (ne - s.rep[e])));
+      held = held + s.phi0[y];
     }
     const int32_t n_x = team.single_result([&] { return z.prep_give(e); });
     const int64_t base = (int64_t)no * k * k + (int64_t)ii * nd;
@@ -214,10 +225,11 @@ EPLB_HD Pick search_step(const Team& team, Search& z, int32_t g, int32_t M) {
       const int32_t t = s.donor[j], h = t / k, f = s.cur[t];
       if (f == e) return false;
       c = z.give_cost(t, e);
-      if (moves + c > M || skip(c, -relief - s.phi0[h])) return false;
+      const double terms = held + s.phi0[h];
+      if (moves + c > M || skip(c, loosened(-relief - s.phi0[h], terms))) return false;
       bound = -relief;
       if (ne < s.rep[f]) bound = bound + (z.phi(s.load[h] + (ne - s.rep[f])) - s.phi0[h]);
-      return !skip(c, bound);
+      return !skip(c, loosened(bound, terms));
     };
     // Donors whose GPUs also hold e need eval_give, which adds up per-GPU
     // changes in shared scratch: the lanes only flag them (s.slow, cleared
@@ -343,6 +355,9 @@ EPLB_HD double search_pass(const Team& team, MigrateDims d, MigrateScratch& s, b
     team.sync();
     Pick pk = search_step(team, z, g, M);
     if (pk.kind < 0 && z.moves > 0) pk = refund_step(team, z, s.load[g]);
+#ifdef EPLB_TRACE_STEP
+    EPLB_TRACE_STEP((int)(tau * -10), step, pk);
+#endif
     if (pk.kind < 0) break;
     team.single([&] {
       if (pk.kind == 0) {
