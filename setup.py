@@ -5,6 +5,8 @@ Environment:
   TORCH_CUDA_ARCH_LIST   CUDA architectures (default "8.0;9.0;10.0+PTX")
   MAX_JOBS, NVCC_THREADS parallel compile jobs / nvcc threads per job
   EPLB_EXT_SANITIZE=1    CPU build under AddressSanitizer + UBSan (for tests)
+  EPLB_EXT_LINEINFO=1    CUDA line tables (-lineinfo) for source-level profiles;
+                         the device code generated is the same
 """
 
 import glob
@@ -143,6 +145,8 @@ def main():
             "--threads",
             os.environ.get("NVCC_THREADS", "2"),
         ] + common
+        if os.environ.get("EPLB_EXT_LINEINFO") == "1":
+            extra["nvcc"].append("-lineinfo")
         cuda_version = toolkit_version()
         local = "cu" + cuda_version.replace(".", "")
         ext_cls = cpp_extension.CUDAExtension

@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # GPU check in one call, within 8 minutes: build for sm_90, run the CUDA
 # tests, run compute-sanitizer (memcheck, racecheck, synccheck) over one
-# small call of every CUDA op, run the GPU benchmark, and leave a log per
-# stage, gpu_check.log (all of them) and summary.json in OUTDIR.
+# small call of every CUDA op, run the GPU benchmark and, where Nsight
+# Compute is installed, profile the kernels and their hot source lines
+# (hotspots.csv); leave a log per stage, gpu_check.log (all of them) and
+# summary.json in OUTDIR.
 #
 #   bash benchmarks/gpu_check.sh OUTDIR
 #
@@ -32,10 +34,12 @@ deadline=$((start + budget_s))
 log="$out/gpu_check.log"
 stages="$out/stages.tsv"
 # Results of an earlier run in the same OUTDIR must not leak into this summary.
-rm -f "$log" "$stages" "$out"/*.xml "$out"/bench_gpu.json "$out"/summary.json "$out"/probe.json "$out"/error_probe.json
+rm -f "$log" "$stages" "$out"/*.xml "$out"/bench_gpu.json "$out"/summary.json "$out"/probe.json "$out"/error_probe.json \
+  "$out"/hotspots.csv "$out"/hotspots.ncu-rep
 
 export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0}
-export EPLB_EXT_CUDA=1 MAX_JOBS=${MAX_JOBS:-$(nproc)} PYTHONUNBUFFERED=1
+# Line tables (the same device code) for the hotspots stage's source view.
+export EPLB_EXT_CUDA=1 EPLB_EXT_LINEINFO=1 MAX_JOBS=${MAX_JOBS:-$(nproc)} PYTHONUNBUFFERED=1
 # The checkout's in-place build, whatever else is installed.
 export PYTHONPATH="$repo${PYTHONPATH:+:$PYTHONPATH}"
 # pip's ninja installs its binary beside the interpreter; torch looks for it
@@ -193,8 +197,10 @@ for c in "${toolkit:+$toolkit/bin/ncu}" "$(command -v ncu)" /usr/local/cuda/bin/
   if [ -n "$c" ] && [ -f "$c" ] && [ -x "$c" ]; then ncu=$c; break; fi
 done
 if [ -n "$ncu" ]; then
-  stage profile 120 5 "$ncu" --profile-from-start off --section SpeedOfLight --section Occupancy \
+  stage profile 120 60 "$ncu" --profile-from-start off --section SpeedOfLight --section Occupancy \
     --section LaunchStats --section WarpStateStats --csv --page details "$py" benchmarks/profile_gpu.py
+  # Where the slowest kernels spend their time, line by line (hotspots.csv).
+  stage hotspots 100 5 "$py" benchmarks/hotspots.py --ncu "$ncu" --out "$out" --python "$py"
 else
   say "== profile: ncu not found"
 fi

@@ -132,6 +132,7 @@ def build_summary(out: Path) -> Dict:
     summary["errors"] = errors
     # Nsight Compute (informational: needs ncu and counter permissions).
     summary["profile"] = stage("profile")
+    summary["hotspots"] = stage("hotspots")
 
     bench = stage("bench")
     result = _load_json(out / "bench_gpu.json")

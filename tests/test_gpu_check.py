@@ -205,3 +205,35 @@ def test_summary_of_an_empty_outdir(tmp_path):
     s = gpu_summary.build_summary(tmp_path)
     assert not s["ok"] and s["build"]["rc"] is None and s["tests"]["total"] == 0
     assert "all stages passed: False" in gpu_summary.brief(s)
+
+
+def test_hotspots_ranks_rows_per_kernel():
+    import hotspots
+
+    text = "\n".join([
+        '"==PROF== Disconnected"',
+        '"migrate_kernel<long>","(58, 3, 1)x(128, 1, 1)"',
+        '"Address","Source","Warp Stall Sampling (Not-issued Samples)","Warp Stall Sampling (All Samples)"',
+        '"0x10","LDS R1, [R2]","5","1,200"',
+        '"0x20","DADD R4, R4, R6","900","30"',
+        '"0x30","BAR.SYNC","","77"',
+        '"vec_chunk_kernel","(232, 1, 1)x(256, 1, 1)"',
+        '"Address","Source","Warp Stall Sampling (All Samples)"',
+        '"0x40","ISETP","3"',
+        '"0x50","LDG","8"',
+    ])
+    tables = hotspots.top_rows(text, 2)
+    assert [t[0] for t in tables] == ['migrate_kernel<long> (58, 3, 1)x(128, 1, 1)',
+                                      'vec_chunk_kernel (232, 1, 1)x(256, 1, 1)']
+    # "All Samples" is the key, thousands separators read, blanks count 0.
+    assert [r[0] for r in tables[0][2]] == ["0x10", "0x30"]
+    assert [r[0] for r in tables[1][2]] == ["0x50", "0x40"]
+    assert "LDS R1" in hotspots.show(tables)
+
+
+@pytest.mark.skipif(shutil.which("false") is None, reason="no 'false' command")
+def test_hotspots_fails_cleanly_without_a_profiler(tmp_path):
+    import hotspots
+
+    assert hotspots.main(["--ncu", shutil.which("false"), "--out", str(tmp_path)]) == 1
+    assert not (tmp_path / "hotspots.csv").exists()
