@@ -816,6 +816,26 @@ static void test_assignment_brute() {
 // migrate_layer on random layers, in and out of range, active or not: the
 // result is a placement of valid experts within the move budget, the same
 // on 1 and 32 lanes (under the sanitizers, scratch stays in bounds).
+// The CUDA kernel's layout, a block per search pass, run on 32 lanes in
+// every arrival order: each must write migrate_layer's outputs (p2l, rank,
+// cnt, info) through io. Returns the passes' balancedness from the board.
+static std::vector<double> check_block_orders(MigrateDims d, MigrateScratch& s, MigrateIO io,
+                                              const std::vector<int64_t>& p2l, const std::vector<int64_t>& rank,
+                                              const std::vector<int64_t>& cnt, const std::vector<int64_t>& info) {
+  std::vector<uint64_t> buf(pass_board(d, nullptr, nullptr) / 8 + 1);
+  PassBoard board;
+  pass_board(d, buf.data(), &board);
+  auto got = [](const int64_t* v, int32_t n) { return std::vector<int64_t>(v, v + n); };
+  int32_t order[kSearchPasses] = {0, 1, 2};
+  do {
+    std::fill(io.out_p2l, io.out_p2l + d.P, -7);
+    migrate_layer_blocks(LaneTeam<32>{}, d, s, io, board, order);
+    CHECK(same(p2l, got(io.out_p2l, d.P)) && same(rank, got(io.out_rank, d.P)) &&
+          same(cnt, got(io.out_cnt, d.E)) && same(info, got(io.info, 3)));
+  } while (migrate_blocks(d) > 1 && std::next_permutation(order, order + kSearchPasses));
+  return std::vector<double>(board.bal, board.bal + kSearchPasses);
+}
+
 static void test_migrate_layers() {
   Rng rng{777};
   for (int trial = 0; trial < 60; ++trial) {
@@ -850,16 +870,7 @@ static void test_migrate_layers() {
     MigrateIO io32{w.data(), f.data(), r.data(), q.data(), act.data(), op32.data(), orank32.data(), ocnt32.data(), info32.data()};
     migrate_layer(LaneTeam<32>{}, d, s, io32);
     CHECK(same(op, op32) && same(orank, orank32) && same(ocnt, ocnt32) && same(info, info32));
-    // The CUDA kernel's layout, a block per pass, in every arrival order.
-    std::vector<uint64_t> bbuf(pass_board(d, nullptr, nullptr) / 8 + 1);
-    PassBoard board;
-    pass_board(d, bbuf.data(), &board);
-    int32_t order[kSearchPasses] = {0, 1, 2};
-    do {
-      std::fill(op32.begin(), op32.end(), -7);
-      migrate_layer_blocks(LaneTeam<32>{}, d, s, io32, board, order);
-      CHECK(same(op, op32) && same(orank, orank32) && same(ocnt, ocnt32) && same(info, info32));
-    } while (migrate_blocks(d) > 1 && std::next_permutation(order, order + kSearchPasses));
+    check_block_orders(d, s, io32, op, orank, ocnt, info);
     bool ok = true;
     for (int32_t p = 0; p < P; ++p) ok = ok && op[p] >= 0 && op[p] < E;
     CHECK(ok);
@@ -976,17 +987,8 @@ static void test_migrate_blocks() {
     MigrateIO io{w.data(), f.data(), fr.data(), q.data(), nullptr, op.data(), orank.data(), ocnt.data(), info.data()};
     MigrateIO io2{w.data(), f.data(), fr.data(), q.data(), nullptr, op2.data(), orank2.data(), ocnt2.data(), info2.data()};
     migrate_layer(LaneTeam<1>{}, d, s, io);
-    std::vector<uint64_t> bbuf(pass_board(d, nullptr, nullptr) / 8 + 1);
-    PassBoard board;
-    pass_board(d, bbuf.data(), &board);
-    int32_t order[kSearchPasses] = {0, 1, 2};
-    do {
-      std::fill(op2.begin(), op2.end(), -7);
-      migrate_layer_blocks(LaneTeam<32>{}, d, s, io2, board, order);
-      CHECK(same(op, op2) && same(orank, orank2) && same(ocnt, ocnt2) && same(info, info2));
-    } while (std::next_permutation(order, order + kSearchPasses));
-    const double b0 = board.bal[0];
-    later += info[0] == kSearched && b0 < 1.0 && (board.bal[1] > b0 || board.bal[2] > b0);
+    const std::vector<double> bal = check_block_orders(d, s, io2, op, orank, ocnt, info);
+    later += info[0] == kSearched && bal[0] < 1.0 && (bal[1] > bal[0] || bal[2] > bal[0]);
   }
   // Otherwise the combination's choice of a later pass is never exercised.
   CHECK(later > 0);
