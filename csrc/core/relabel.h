@@ -122,7 +122,7 @@ EPLB_HD int64_t migrate_scratch(MigrateDims d, void* buf, MigrateScratch* out) {
   s.tag = 0;
   // The relabeling's own arrays are dead once R is made (migrate_begin),
   // before the search first touches gcnt: they share its bytes, which keeps
-  // a DeepSeek-V3 layer near 96 KB instead of 115 KB (two blocks per SM
+  // a DeepSeek-V3 layer near 95 KB instead of 115 KB (two blocks per SM
   // where the state is in shared memory).
   const int64_t shared = c.off;
   s.f = c.take<int32_t>(P);
