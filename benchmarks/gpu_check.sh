@@ -197,10 +197,11 @@ for c in "${toolkit:+$toolkit/bin/ncu}" "$(command -v ncu)" /usr/local/cuda/bin/
   if [ -n "$c" ] && [ -f "$c" ] && [ -x "$c" ]; then ncu=$c; break; fi
 done
 if [ -n "$ncu" ]; then
-  stage profile 120 60 "$ncu" --profile-from-start off --section SpeedOfLight --section Occupancy \
-    --section LaunchStats --section WarpStateStats --csv --page details "$py" benchmarks/profile_gpu.py
-  # Where the slowest kernels spend their time, line by line (hotspots.csv).
+  # Where the slowest kernels spend their time, line by line (hotspots.csv),
+  # first: it says more than the whole-kernel sections after it.
   stage hotspots 100 5 "$py" benchmarks/hotspots.py --ncu "$ncu" --out "$out" --python "$py"
+  stage profile 120 5 "$ncu" --profile-from-start off --section SpeedOfLight --section Occupancy \
+    --section LaunchStats --section WarpStateStats --csv --page details "$py" benchmarks/profile_gpu.py
 else
   say "== profile: ncu not found"
 fi

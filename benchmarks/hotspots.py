@@ -2,8 +2,8 @@
 
     python benchmarks/hotspots.py --ncu NCU --out DIR [--kernels REGEX] [--top N]
 
-Profiles the launches of the kernels matching REGEX (default: the migrate
-and vec chunk kernels) among benchmarks/profile_gpu.py's calls, with the
+Profiles the launches of the kernels matching REGEX (default: the migrate,
+vec chunk and deepseek kernels) among benchmarks/profile_gpu.py's calls, with the
 per-instruction warp-state samples of the SourceCounters section; exports
 the report's source page as CSV (DIR/hotspots.csv: CUDA source lines beside
 SASS where the build has line tables, EPLB_EXT_LINEINFO=1, else SASS only)
@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import List, Optional, Tuple
 
 HERE = Path(__file__).resolve().parent
-DEFAULT_KERNELS = "migrate_kernel|vec_chunk_kernel"
+DEFAULT_KERNELS = "migrate_kernel|vec_chunk_kernel|deepseek_kernel"
 
 
 def _number(cell: str) -> Optional[float]:
