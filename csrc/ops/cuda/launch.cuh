@@ -10,7 +10,8 @@
 #include <torch/csrc/inductor/aoti_torch/c/shim.h>
 
 #include <algorithm>
-#include <atomic>
+#include <map>
+#include <mutex>
 #include <utility>
 
 #include "../tensor_utils.h"
@@ -28,43 +29,46 @@ inline cudaStream_t cuda_stream(const torch::stable::Tensor& t) {
 
 // Dynamic shared memory this kernel may use on the current device: the
 // opt-in limit less its static shared memory. Read once per kernel and
-// device (none of these calls touches a stream), then cached, so later
-// calls, graph captures included, make no query at all.
-template <typename... Args>
+// device (none of these calls touches a stream), then kept, so later calls,
+// graph captures included, make no query at all. Kept by the kernel's
+// address, so kernels of one signature are told apart.
+template <bool kPreferShared, typename... Args>
 int64_t dynamic_smem_limit(void (*kernel)(Args...)) {
-  constexpr int kDevices = 64;
-  static std::atomic<int64_t> cache[kDevices];  // 0: not read yet
   int device = 0;
   EPLB_CUDA_CHECK(cudaGetDevice(&device));
-  if (device >= 0 && device < kDevices) {
-    const int64_t known = cache[device].load(std::memory_order_relaxed);
-    if (known != 0) return known;
-  }
+  static std::mutex mu;
+  static std::map<std::pair<const void*, int>, int64_t> known;
+  const std::lock_guard<std::mutex> lock(mu);
+  const std::pair<const void*, int> key{reinterpret_cast<const void*>(kernel), device};
+  const auto it = known.find(key);
+  if (it != known.end()) return it->second;
   int optin = 0;
   EPLB_CUDA_CHECK(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
   cudaFuncAttributes fa;
   EPLB_CUDA_CHECK(cudaFuncGetAttributes(&fa, kernel));
-  // At least 1, so that 0 keeps meaning "not read".
-  const int64_t limit = std::max<int64_t>(1, (int64_t)optin - (int64_t)fa.sharedSizeBytes);
-  // Launches above 48 KB need the opt-in: granted once, up to the limit,
-  // with the largest shared-memory carveout (a hint), so that blocks of such
-  // states still fit two to an SM where they can (the migrate kernel's
-  // ~97 KB at DeepSeek-V3 shape).
+  const int64_t limit = std::max<int64_t>(0, (int64_t)optin - (int64_t)fa.sharedSizeBytes);
+  // Launches above 48 KB need the opt-in: granted once, up to the limit.
+  // kPreferShared also asks for the largest shared-memory carveout (a hint),
+  // so that blocks of such states still fit two to an SM where they can
+  // (the migrate kernel's 97 KB at DeepSeek-V3 shape), at the cost of L1.
   if (limit > 48 * 1024) {
     EPLB_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                          (int)limit));
-    EPLB_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributePreferredSharedMemoryCarveout,
-                                         (int)cudaSharedmemCarveoutMaxShared));
+    if (kPreferShared) {
+      EPLB_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributePreferredSharedMemoryCarveout,
+                                           (int)cudaSharedmemCarveoutMaxShared));
+    }
   }
-  if (device >= 0 && device < kDevices) cache[device].store(limit, std::memory_order_relaxed);
+  known.emplace(key, limit);
   return limit;
 }
 
-template <typename... Args, typename... Given>
+// kPreferShared: see dynamic_smem_limit.
+template <bool kPreferShared = false, typename... Args, typename... Given>
 void launch_with_state(void (*kernel)(char*, int64_t, Args...), const torch::stable::Tensor& like,
                        dim3 grid, unsigned threads, int64_t bytes, Given&&... args) {
   const cudaStream_t stream = cuda_stream(like);
-  if (bytes <= dynamic_smem_limit(kernel)) {
+  if (bytes <= dynamic_smem_limit<kPreferShared>(kernel)) {
     kernel<<<grid, threads, (size_t)bytes, stream>>>(nullptr, 0, std::forward<Given>(args)...);
     EPLB_CUDA_CHECK_LAUNCH();
     return;

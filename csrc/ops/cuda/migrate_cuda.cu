@@ -103,11 +103,11 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> migrate_cuda(Tensor tokens, Tensor ph
   }
   dispatch_loads(tokens, "tokens_per_expert", [&](auto tag) {
     using T = decltype(tag);
-    launch_with_state(&migrate_kernel<T>, tokens, dim3((unsigned)a.L, (unsigned)passes), 128,
-                      bytes, make_loads<T>(tokens), d, core, ptr<int64_t>(phy2log),
-                      ptr<int64_t>(rank), ptr<int64_t>(previous), act, ptr<int64_t>(out.p2l),
-                      ptr<int64_t>(out.rank), ptr<int64_t>(out.cnt), ptr<int64_t>(out.info),
-                      boards, board_stride, arrivals);
+    launch_with_state<true>(&migrate_kernel<T>, tokens, dim3((unsigned)a.L, (unsigned)passes), 128,
+                            bytes, make_loads<T>(tokens), d, core, ptr<int64_t>(phy2log),
+                            ptr<int64_t>(rank), ptr<int64_t>(previous), act, ptr<int64_t>(out.p2l),
+                            ptr<int64_t>(out.rank), ptr<int64_t>(out.cnt), ptr<int64_t>(out.info),
+                            boards, board_stride, arrivals);
   });
   return out.tuple();
 }
