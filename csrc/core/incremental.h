@@ -355,9 +355,6 @@ EPLB_HD double search_pass(const Team& team, MigrateDims d, MigrateScratch& s, b
     team.sync();
     Pick pk = search_step(team, z, g, M);
     if (pk.kind < 0 && z.moves > 0) pk = refund_step(team, z, s.load[g]);
-#ifdef EPLB_TRACE_STEP
-    EPLB_TRACE_STEP((int)(tau * -10), step, pk);
-#endif
     if (pk.kind < 0) break;
     team.single([&] {
       if (pk.kind == 0) {
