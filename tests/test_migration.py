@@ -346,8 +346,8 @@ def test_cuda_matches_cpu(algorithm):
 @pytest.mark.parametrize("shape", [(256, 288, 9, 8, 4, 58), (1024, 1152, 9, 8, 4, 3)], ids=["dsv3", "global"])
 def test_cuda_search_passes_in_blocks(shape):
     # The kernel runs each layer's search passes in blocks of their own and
-    # the last to finish combines them: many layers (every arrival order
-    # occurs), and a shape whose state is in global memory instead of shared.
+    # the last to finish combines them: many layers (so the last block
+    # varies), and a shape whose state is in global memory, not shared.
     E, P, k, C, N, L = shape
     old = loads(L, E, 81)
     prev = rebalance(old, P, k, C, N, "deepseek")[0]
