@@ -218,16 +218,16 @@ EPLB_HD Pick search_step(const Team& team, Search& z, int32_t g, int32_t M) {
     }
     const int32_t n_x = team.single_result([&] { return z.prep_give(e); });
     const int64_t base = (int64_t)no * k * k + (int64_t)ii * nd;
-    // Donor j's cost c and an upper bound on its drop; false when it is not
-    // admissible or skip(c, bound) says the bound cannot win (a cheap,
-    // weaker bound is tried first).
-    auto admit = [&](int32_t j, int32_t& c, double& bound, const auto& skip) {
+    // Donor j's cost c; false when it is not admissible or skip(c, bound)
+    // says an upper bound on its drop cannot win (a cheap, weaker bound is
+    // tried first).
+    auto admit = [&](int32_t j, int32_t& c, const auto& skip) {
       const int32_t t = s.donor[j], h = t / k, f = s.cur[t];
       if (f == e) return false;
       c = z.give_cost(t, e);
       const double terms = held + s.phi0[h];
       if (moves + c > M || skip(c, loosened(-relief - s.phi0[h], terms))) return false;
-      bound = -relief;
+      double bound = -relief;
       if (ne < s.rep[f]) bound = bound + (z.phi(s.load[h] + (ne - s.rep[f])) - s.phi0[h]);
       return !skip(c, loosened(bound, terms));
     };
@@ -237,8 +237,8 @@ EPLB_HD Pick search_step(const Team& team, Search& z, int32_t g, int32_t M) {
     best.slow = 0;
     best = team.fold(nd, best, [&](int32_t j, Pick& acc) {
       int32_t c;
-      double bound, dp;
-      if (!admit(j, c, bound, [&](int32_t c2, double b) { return !acc.worse_than(c2, b); })) return;
+      double dp;
+      if (!admit(j, c, [&](int32_t c2, double b) { return !acc.worse_than(c2, b); })) return;
       if (!z.give_fast(s.donor[j], e, n_x, dp)) {
         s.slow[j] = 1;
         acc.slow = 1;
@@ -258,10 +258,9 @@ EPLB_HD Pick search_step(const Team& team, Search& z, int32_t g, int32_t M) {
       Pick acc = best;
       for (int32_t j = 0; j < nd; ++j) {
         int32_t c;
-        double bound;
         if (!s.slow[j]) continue;
         s.slow[j] = 0;
-        if (!admit(j, c, bound, [&](int32_t c2, double b) { return beats_bound(acc, c2, b); })) continue;
+        if (!admit(j, c, [&](int32_t c2, double b) { return beats_bound(acc, c2, b); })) continue;
         const double dp = z.eval_give(s.donor[j], e);
         if (dp < 0.0) acc = better_pick(acc, Pick{1, e, s.donor[j], c, dp, base + j, 0});
       }
