@@ -2,7 +2,8 @@
 through emulated lanes by the _lanes_vec op, against the golden vectors and
 bit for bit against the sequential CPU op (deepseek_vec). Widths 1 and 32
 run the same lane-parallel phases with different splits of the work; the
-GPU runs them with a block of threads."""
+GPU runs them with a block of threads. Each runs with the per-step lists of
+shared memory and with the shorter ones (or none) of global scratch."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from helpers import OUTPUT_NAMES, assert_same, golden_case_names, load_golden_ca
 
 ops = torch.ops.eplb_ext
 WIDTHS = (1, 32)
+LAYOUTS = ((1, False), (1, True), (32, False), (32, True))  # (width, global_state)
 
 _CASES = load_golden_cases()
 # Every name when the file is absent: the one placeholder, whose test skips.
@@ -22,26 +24,26 @@ _VEC_NAMES = [
 ]
 
 
-def lanes(t, P, k, C, N, width):
-    return _ops.call(ops._lanes_vec, t, P, k, C, N, width)
+def lanes(t, P, k, C, N, width, global_state=False):
+    return _ops.call(ops._lanes_vec, t, P, k, C, N, width, global_state)
 
 
 def assert_lanes_match(t, P, k, C, N, context=""):
     expected = _ops.call(ops.deepseek_vec, t, P, k, C, N)
-    for w in WIDTHS:
-        assert_same(lanes(t, P, k, C, N, w), expected, f"{context} width={w}")
+    for w, g in LAYOUTS:
+        assert_same(lanes(t, P, k, C, N, w, g), expected, f"{context} width={w} global={g}")
     return expected
 
 
-@pytest.mark.parametrize("width", WIDTHS)
+@pytest.mark.parametrize("layout", LAYOUTS, ids=lambda x: "w{}{}".format(x[0], "_global" * x[1]))
 @pytest.mark.parametrize("name", _VEC_NAMES)
-def test_golden(name, width, golden_cases):
+def test_golden(name, layout, golden_cases):
     case = golden_cases[name]
     t = case["tokens_per_expert"]
     P, k = case["num_physical_experts"], case["num_local_physical_experts"]
     hierarchical = case["algorithm"] == "deepseek_vec_hierarchical"
     C, N = (case["num_groups"], case["num_nodes"]) if hierarchical else (1, 1)
-    p2l, l2p, cnt = lanes(t, P, k, C, N, width)
+    p2l, l2p, cnt = lanes(t, P, k, C, N, *layout)
     if hierarchical:
         p2l = p2l.to(torch.int64)  # the dispatcher's upstream quirk
     assert_same((p2l, l2p, cnt), tuple(case[n] for n in OUTPUT_NAMES), name)
@@ -126,8 +128,8 @@ def test_two_dimensional_and_strided_input():
 
 def test_no_layers():
     t = torch.zeros(4, 0, 16, dtype=torch.int64)
-    for w in WIDTHS:
-        p2l, l2p, cnt = lanes(t, 24, 3, 4, 2, w)
+    for w, g in LAYOUTS:
+        p2l, l2p, cnt = lanes(t, 24, 3, 4, 2, w, g)
         assert p2l.shape == (0, 24) and l2p.shape == (0, 16, 9) and cnt.shape == (0, 16)
 
 
@@ -160,8 +162,8 @@ def test_picks_follow_the_steps():
     t[0, 0, 0] = 100
     t[1, 0, 2] = t[2, 0, 3] = 100
     t[1:, 0, 1] = 99
-    for w in WIDTHS:
-        _, _, cnt = lanes(t, 5, 1, 1, 1, w)
+    for w, g in LAYOUTS:
+        _, _, cnt = lanes(t, 5, 1, 1, 1, w, g)
         assert cnt.tolist() == [[2, 1, 1, 1]]
 
 
@@ -191,3 +193,29 @@ def test_cuda_chunk_state_in_shared_or_global_memory(S):
         got = _ops.call(ops.deepseek_vec, t.cuda(), 288, 9, C, N)
         assert all(x.is_cuda for x in got)
         assert_same(tuple(x.cpu() for x in got), expected, f"S={S} N={N}")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (none present)")
+@pytest.mark.parametrize("E,P,k,C,N", [(16, 24, 3, 4, 4), (32, 40, 5, 8, 4), (256, 288, 9, 8, 4)])
+def test_cuda_lists_in_global_scratch_stay_within_a_float32_copy(E, P, k, C, N):
+    # At 6000 steps no chunk's state fits shared memory. In global scratch
+    # the lists keep what the chunk's loads would take as float32: 6 entries
+    # for 16 experts, 2 for 8, 8 for 32 and more, none for 4 (the picks then
+    # find each step's first two). Same bits as the CPU op either way, and
+    # the peak above the input, less the outputs, stays within one float32
+    # copy of the loads plus 64 bytes per slot (4 KB for the allocator's
+    # rounding of four small blocks).
+    S, L = 6000, 2
+    t = make_loads("ties", S, L, E, seed=E)
+    for c, n in ((1, 1), (C, N)):
+        expected = _ops.call(ops.deepseek_vec, t, P, k, c, n)
+        tc = t.cuda()
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        before = torch.cuda.memory_allocated()
+        got = _ops.call(ops.deepseek_vec, tc, P, k, c, n)
+        torch.cuda.synchronize()
+        peak = torch.cuda.max_memory_allocated() - before
+        outputs = sum(x.numel() * x.element_size() for x in got)
+        assert_same(tuple(x.cpu() for x in got), expected, f"E={E} N={n}")
+        assert peak - outputs <= 4 * S * L * E + 64 * L * P + 4096, (peak, outputs)

@@ -189,18 +189,27 @@ EPLB_HD int64_t load_layer(const Loads<T>& t, int64_t l, float* out, Sum128* acc
 }
 
 // The same sum for one expert, for a thread that owns expert e (the CUDA
-// kernels): the same additions in the same order as load_layer.
+// kernels): the same additions in the same order as load_layer. Loads are
+// read a block of steps ahead of the additions, which keeps several reads
+// of a GPU thread in flight.
 template <typename T>
 EPLB_HD float sum_over_steps_one(const Loads<T>& t, int64_t l, int64_t e) {
-  if constexpr (std::is_integral<T>::value) {
-    Sum128 a{0, 0};
-    for (int64_t s = 0; s < t.S; ++s) a.add((uint64_t)t.raw(s, l, e));
-    return a.to_f32();
-  } else {
-    float a = 0.0f;
-    for (int64_t s = 0; s < t.S; ++s) a = a + t.at(s, l, e);
-    return a;
+  constexpr int kAhead = 8;
+  constexpr bool kInt = std::is_integral<T>::value;
+  Sum128 acc{0, 0};
+  float sum = 0.0f;
+  for (int64_t s0 = 0; s0 < t.S; s0 += kAhead) {
+    T v[kAhead];
+    for (int i = 0; i < kAhead; ++i) v[i] = s0 + i < t.S ? t.raw(s0 + i, l, e) : T{};
+    for (int i = 0; i < kAhead && s0 + i < t.S; ++i) {
+      if constexpr (kInt) {
+        acc.add((uint64_t)v[i]);
+      } else {
+        sum = sum + to_f32<T>(v[i]);
+      }
+    }
   }
+  return kInt ? acc.to_f32() : sum;
 }
 
 }  // namespace eplb

@@ -15,12 +15,11 @@
 
 namespace eplb {
 
-// One layer, shared by its chunks: the loads as float32, step-major
-// (tt[s * E + e], original ids: a lane scanning one step's experts reads
-// consecutive words), the sums over steps and the renumbering.
+// One layer, shared by its chunks: the sums over steps and the
+// renumbering. The per-step loads are read where they are (VecSteps): a
+// float32 copy would be as large as the input, the scratch the SPEC bound
+// leaves to the per-step lists when they do not fit shared memory.
 struct VecLayer {
-  int64_t E;
-  float* tt;            // S * E
   float* expert_sum;    // E
   int32_t* orig;        // E   renumbered -> original expert
   float* group_w;       // C
@@ -32,8 +31,6 @@ struct VecLayer {
 EPLB_HD int64_t vec_layer_scratch(VecDims d, void* buf, VecLayer* out) {
   Carver c{(char*)buf, 0};
   VecLayer s;
-  s.E = d.E;
-  s.tt = c.take<float>((int64_t)d.E * d.S);
   s.expert_sum = c.take<float>(d.E);
   s.orig = c.take<int32_t>(d.E);
   s.group_w = c.take<float>(d.C);
@@ -44,6 +41,17 @@ EPLB_HD int64_t vec_layer_scratch(VecDims d, void* buf, VecLayer* out) {
   return c.off;
 }
 
+// Layer l's loads in place, as float32 (to_f32, the CPU op's conversion):
+// the layer's base and two strides, which keeps a GPU thread's registers
+// for the scans.
+template <typename T>
+struct VecSteps {
+  const T* base;
+  int64_t ss, se;
+  EPLB_HD VecSteps(const Loads<T>& t, int64_t l) : base(t.data + l * t.sl), ss(t.ss), se(t.se) {}
+  EPLB_HD float at(int64_t st, int32_t e) const { return to_f32<T>(base[st * ss + e * se]); }
+};
+
 // Every step keeps the first kVecTop experts of its order (score
 // descending, then index ascending: the tie rule), as keys: a pick lowers
 // one expert's scores, which moves it later in that order and leaves every
@@ -52,74 +60,66 @@ EPLB_HD int64_t vec_layer_scratch(VecDims d, void* buf, VecLayer* out) {
 // step whose list runs short is scanned again.
 constexpr int32_t kVecTop = 8;
 
-// One chunk's state: small enough for shared memory at realistic S.
+// How many entries a step's list keeps (lt), where the chunk's state lives:
+//  * shared memory: kVecTop, or every expert of a smaller chunk;
+//  * global scratch: no more than the chunk's loads take as float32 per step
+//    (4 * Ec bytes for 8 * lt bytes of keys and 12 of tn, redo and valt), so
+//    that the scratch stays within SPEC's bound of one float32 copy of the
+//    input plus O(L * P) whatever S. A list shorter than the two entries a
+//    pick needs is no list: lt = 0 (chunks of fewer than 7 experts), and the
+//    pick finds each step's first two itself (vec_team_pick).
+// Any lt gives the same picks; a shorter list only runs short more often.
+EPLB_HD int32_t vec_list_len(VecDims d, bool global) {
+  const int32_t en = d.E / d.N;
+  int32_t lt = en < kVecTop ? en : kVecTop;
+  if (global) {
+    const int64_t fit = (4 * (int64_t)en - 12) / 8;
+    if (fit < lt) lt = fit < 2 ? 0 : (int32_t)fit;
+  }
+  return lt;
+}
+
+// One chunk's state, small enough for shared memory at realistic S.
 struct VecTeamChunk {
+  int32_t lt;       //     entries per step list (vec_list_len)
   int32_t* cnt;     // Ec
   int32_t* orig;    // Ec  original id of each chunk expert
   int32_t* p2l;     // Pc  chunk expert of each slot, before dealing
   int32_t* prank;   // Pc
   int32_t* newpos;  // Pc
   uint64_t* keys;   // next_pow2(Pc)  slot sort keys
-  uint64_t* top;    // kVecTop * S  top[r * S + st]: step st's r-th expert, as vec_key
-  int32_t* tn;      // S   entries in step st's list
+  uint64_t* top;    // lt * S  top[r * S + st]: step st's r-th expert, as vec_key
+  int32_t* tn;      // S   entries in step st's list  (these three: none when lt = 0)
   int32_t* redo;    // S   the steps to scan again
   float* valt;      // S   the top expert's value: max(its relief, the second score)
 };
 
-EPLB_HD int64_t vec_chunk_scratch(VecDims d, void* buf, VecTeamChunk* out) {
+EPLB_HD int64_t vec_chunk_scratch(VecDims d, int32_t lt, void* buf, VecTeamChunk* out) {
   const int32_t en = d.E / d.N, pn = d.P / d.N;
+  const int64_t steps = lt > 0 ? d.S : 0;
   Carver c{(char*)buf, 0};
   VecTeamChunk s;
+  s.lt = lt;
   s.keys = c.take<uint64_t>(next_pow2(pn));
-  s.top = c.take<uint64_t>(kVecTop * d.S);
+  s.top = c.take<uint64_t>(lt * steps);
   s.cnt = c.take<int32_t>(en);
   s.orig = c.take<int32_t>(en);
   s.p2l = c.take<int32_t>(pn);
   s.prank = c.take<int32_t>(pn);
   s.newpos = c.take<int32_t>(pn);
-  s.tn = c.take<int32_t>(d.S);
-  s.redo = c.take<int32_t>(d.S);
-  s.valt = c.take<float>(d.S);
+  s.tn = c.take<int32_t>(steps);
+  s.redo = c.take<int32_t>(steps);
+  s.valt = c.take<float>(steps);
   if (out) *out = s;
   return c.off;
 }
 
-// Sum over steps of expert e (the additions of sum_over_steps_one, so the
-// same float32), storing its float32 loads on the way (at col[s * stride]).
-// Loads are read a block ahead of the additions, which keeps several reads
-// of a GPU thread in flight; the additions stay in step order.
-template <typename T>
-EPLB_HD float vec_load_expert(const Loads<T>& t, int64_t l, int64_t e, float* col,
-                              int64_t stride) {
-  constexpr int kAhead = 8;
-  constexpr bool kInt = std::is_integral<T>::value;
-  Sum128 acc{0, 0};
-  float sum = 0.0f;
-  for (int64_t s0 = 0; s0 < t.S; s0 += kAhead) {
-    T v[kAhead];
-    for (int i = 0; i < kAhead; ++i) v[i] = s0 + i < t.S ? t.raw(s0 + i, l, e) : T{};
-    for (int i = 0; i < kAhead; ++i) {
-      if (s0 + i >= t.S) break;
-      const float f = to_f32<T>(v[i]);
-      col[(s0 + i) * stride] = f;
-      if constexpr (kInt) {
-        acc.add((uint64_t)v[i]);
-      } else {
-        sum = sum + f;
-      }
-    }
-  }
-  return kInt ? acc.to_f32() : sum;
-}
-
-// Phase 1, per layer: loads, sums, and the group renumbering (one lane: a
-// packing is sequential by definition).
+// Phase 1, per layer: the sums over steps and the group renumbering (one
+// lane: a packing is sequential by definition).
 template <typename Team, typename T>
 EPLB_HD void vec_team_prepare(const Team& team, const Loads<T>& t, int64_t l, VecDims d,
                               VecLayer s) {
-  team.for_each(d.E, [&](int32_t e) {
-    s.expert_sum[e] = vec_load_expert(t, l, e, s.tt + e, d.E);
-  });
+  team.for_each(d.E, [&](int32_t e) { s.expert_sum[e] = sum_over_steps_one(t, l, e); });
   team.sync();
   team.single([&] {
     // The CPU core's renumbering, which uses only these fields.
@@ -136,8 +136,9 @@ EPLB_HD void vec_team_prepare(const Team& team, const Loads<T>& t, int64_t l, Ve
 
 // Step st's load of chunk expert j, and the score (t + e * 1e-4) / count
 // of a load t, each operation rounded to float32.
-EPLB_HD float vec_load(const VecLayer& ly, const VecTeamChunk& c, int32_t j, int64_t st) {
-  return ly.tt[st * ly.E + c.orig[j]];
+template <typename T>
+EPLB_HD float vec_load(const VecSteps<T>& ly, const VecTeamChunk& c, int32_t j, int64_t st) {
+  return ly.at(st, c.orig[j]);
 }
 EPLB_HD float vec_score(float t, int32_t e0, int32_t j, int32_t count) {
   const float num = t + (float)(e0 + j) * 0.0001f;
@@ -197,27 +198,37 @@ EPLB_HD VecTop vec_top_merge(const VecTop& a, const VecTop& b) {
   return r;
 }
 
-// Stores step st's list (n >= 1 entries) and valt: max(the top expert's
-// relief t / (count + 1), the second score), -inf for the second score of
-// a one-expert chunk.
-EPLB_HD void vec_store_step(const VecLayer& ly, const VecTeamChunk& c, int64_t S, int64_t st,
+// The top expert's value at a step whose first keys are `top` (at least
+// one): max(its relief t / (count + 1), the second score), -inf for the
+// second score of a one-expert chunk.
+template <typename T>
+EPLB_HD float vec_valt(const VecSteps<T>& ly, const VecTeamChunk& c, int64_t st,
+                       const VecTop& top) {
+  const int32_t i1 = vec_key_expert(top.key[0]);
+  const float relief = div_f32(vec_load(ly, c, i1, st), (float)(c.cnt[i1] + 1));
+  const float v2 = top.key[1] != 0 ? vec_key_score(top.key[1]) : neg_inf();
+  return relief > v2 ? relief : v2;
+}
+
+// Stores step st's list (its first lt keys, at least one) and valt.
+template <typename T>
+EPLB_HD void vec_store_step(const VecSteps<T>& ly, const VecTeamChunk& c, int64_t S, int64_t st,
                             const VecTop& top) {
   int32_t n = 0;
   for (int32_t r = 0; r < kVecTop; ++r) {
+    if (r >= c.lt) break;
     c.top[r * S + st] = top.key[r];
     n += top.key[r] != 0;
   }
   c.tn[st] = n;
-  const int32_t i1 = vec_key_expert(top.key[0]);
-  const float relief = div_f32(vec_load(ly, c, i1, st), (float)(c.cnt[i1] + 1));
-  const float v2 = n >= 2 ? vec_key_score(top.key[1]) : neg_inf();
-  c.valt[st] = relief > v2 ? relief : v2;
+  c.valt[st] = vec_valt(ly, c, st, top);
 }
 
-// Step st's list by one lane, the loads read a few experts ahead of their
-// use, which keeps several reads of a GPU thread in flight.
-EPLB_HD void vec_scan_step(const VecLayer& ly, const VecTeamChunk& c, int64_t S, int32_t e0,
-                           int32_t en, int64_t st) {
+// Step st's first keys by one lane, the loads read a few experts ahead of
+// their use, which keeps several reads of a GPU thread in flight.
+template <typename T>
+EPLB_HD VecTop vec_step_keys(const VecSteps<T>& ly, const VecTeamChunk& c, int32_t e0,
+                             int32_t en, int64_t st) {
   constexpr int32_t kAhead = 8;
   VecTop top{};
   for (int32_t j0 = 0; j0 < en; j0 += kAhead) {
@@ -228,13 +239,13 @@ EPLB_HD void vec_scan_step(const VecLayer& ly, const VecTeamChunk& c, int64_t S,
       top.add(vec_key(vec_score(t[i], e0, j, c.cnt[j]), j));
     }
   }
-  vec_store_step(ly, c, S, st, top);
+  return top;
 }
 
 // The same list by a fold over the experts (for few steps, where a lane
 // per step would leave most lanes idle).
-template <typename Team>
-EPLB_HD void vec_fill_step_team(const Team& team, const VecLayer& ly, const VecTeamChunk& c,
+template <typename Team, typename T>
+EPLB_HD void vec_fill_step_team(const Team& team, const VecSteps<T>& ly, const VecTeamChunk& c,
                                 int64_t S, int32_t e0, int32_t en, int64_t st) {
   auto visit = [&](int32_t j, VecTop& acc) {
     acc.add(vec_key(vec_score(vec_load(ly, c, j, st), e0, j, c.cnt[j]), j));
@@ -255,7 +266,8 @@ EPLB_HD int32_t vec_list_need(int32_t en) { return en < 2 ? en : 2; }
 // the others (or if the list holds every expert), else it drops out. When
 // fewer than two entries remain (one for a one-expert chunk), tn says so
 // and the list is left unstored: the step must be scanned again.
-EPLB_HD void vec_update_step(const VecLayer& ly, const VecTeamChunk& c, int64_t S, int32_t e0,
+template <typename T>
+EPLB_HD void vec_update_step(const VecSteps<T>& ly, const VecTeamChunk& c, int64_t S, int32_t e0,
                              int32_t en, int64_t st, int32_t j) {
   // Fixed indices into the lists, as in vec_top_merge.
   const int32_t n = c.tn[st];
@@ -274,7 +286,7 @@ EPLB_HD void vec_update_step(const VecLayer& ly, const VecTeamChunk& c, int64_t 
     if (r == m - 1) last = top.key[r];
   }
   const uint64_t kj = vec_key(vec_score(vec_load(ly, c, j, st), e0, j, c.cnt[j]), j);
-  const bool back = en <= kVecTop || (m > 0 && kj > last);
+  const bool back = en <= c.lt || (m > 0 && kj > last);
   if (back) top.add(kj);
   if (m + (int32_t)back < vec_list_need(en)) {
     c.tn[st] = m + (int32_t)back;
@@ -288,8 +300,8 @@ EPLB_HD void vec_update_step(const VecLayer& ly, const VecTeamChunk& c, int64_t 
 // short: by folds over the experts when steps are few (a lane per step
 // would leave most lanes idle), else a lane per step, the steps to scan
 // gathered first so that the scans fill whole warps.
-template <typename Team>
-EPLB_HD void vec_team_tops(const Team& team, const VecLayer& ly, const VecTeamChunk& c,
+template <typename Team, typename T>
+EPLB_HD void vec_team_tops(const Team& team, const VecSteps<T>& ly, const VecTeamChunk& c,
                            int64_t S, int32_t e0, int32_t en, int32_t picked) {
   // S <= 2^31 - 1 (checked by the ops): steps fit the team's int32 indices.
   const int32_t need = vec_list_need(en);
@@ -310,7 +322,8 @@ EPLB_HD void vec_team_tops(const Team& team, const VecLayer& ly, const VecTeamCh
     m = team.compact((int32_t)S, [&](int32_t st) { return c.tn[st] < need; }, c.redo);
   }
   team.for_each(m, [&](int32_t i) {
-    vec_scan_step(ly, c, S, e0, en, picked >= 0 ? c.redo[i] : i);
+    const int64_t st = picked >= 0 ? c.redo[i] : i;
+    vec_store_step(ly, c, S, st, vec_step_keys(ly, c, e0, en, st));
   });
   team.sync();
 }
@@ -321,14 +334,25 @@ EPLB_HD void vec_team_tops(const Team& team, const VecLayer& ly, const VecTeamCh
 // `common`, so the minimum over all experts is the CPU's pick. Values are
 // scores and reliefs of loads >= 0, so each total is >= 0 or +inf, which
 // nonneg_bits orders (loads the ops reject only make the order meaningless;
-// the index stays in range).
-template <typename Team>
-EPLB_HD int32_t vec_team_pick(const Team& team, const VecTeamChunk& c, int64_t S, int32_t en) {
+// the index stays in range). Without lists (lt = 0: fewer than 7 experts)
+// each lane finds every step's first keys itself, the same values.
+template <typename Team, typename T>
+EPLB_HD int32_t vec_team_pick(const Team& team, const VecSteps<T>& ly, const VecTeamChunk& c,
+                              int64_t S, int32_t e0, int32_t en) {
   const uint64_t key = team.min_key(en, [&](int32_t j) {
     float v = 0.0f;
     for (int64_t st = 0; st < S; ++st) {
-      const uint64_t k1 = c.top[st];
-      v = v + (vec_key_expert(k1) == j ? c.valt[st] : vec_key_score(k1));
+      uint64_t k1;
+      float valt;
+      if (c.lt > 0) {
+        k1 = c.top[st];
+        valt = c.valt[st];
+      } else {
+        const VecTop top = vec_step_keys(ly, c, e0, en, st);
+        k1 = top.key[0];
+        valt = vec_valt(ly, c, st, top);
+      }
+      v = v + (vec_key_expert(k1) == j ? valt : vec_key_score(k1));
     }
     return ((uint64_t)nonneg_bits(v) << 32) | (uint32_t)j;
   });
@@ -379,9 +403,10 @@ EPLB_HD void vec_team_deal(const Team& team, VecDims d, const VecLayer& ly, VecT
 
 // Phase 2, per chunk c: the replicas, then the dealing over the chunk's GPUs
 // and the outputs in original ids (log2phy rows [E, X] of the layer).
-template <typename Team, typename P2L, typename OutT>
-EPLB_HD void vec_team_chunk(const Team& team, VecDims d, const VecLayer& ly, VecTeamChunk s,
-                            int32_t c, P2L* phy2log, OutT* log2phy, OutT* logcnt) {
+template <typename Team, typename T, typename P2L, typename OutT>
+EPLB_HD void vec_team_chunk(const Team& team, VecDims d, const VecLayer& ly,
+                            const VecSteps<T>& steps, VecTeamChunk s, int32_t c, P2L* phy2log,
+                            OutT* log2phy, OutT* logcnt) {
   const int32_t en = d.E / d.N, pn = d.P / d.N, rn = (d.P - d.E) / d.N;
   const int32_t e0 = c * en;
   const int64_t S = d.S;
@@ -394,16 +419,16 @@ EPLB_HD void vec_team_chunk(const Team& team, VecDims d, const VecLayer& ly, Vec
     s.prank[x] = 0;
   });
   team.sync();
-  if (rn > 0) vec_team_tops(team, ly, s, S, e0, en, -1);
+  if (rn > 0 && s.lt > 0) vec_team_tops(team, steps, s, S, e0, en, -1);
   for (int32_t i = 0; i < rn; ++i) {
-    const int32_t j = vec_team_pick(team, s, S, en);
+    const int32_t j = vec_team_pick(team, steps, s, S, e0, en);
     team.single([&] {
       s.p2l[en + i] = j;
       s.prank[en + i] = s.cnt[j];
       s.cnt[j] += 1;
     });
-    if (i + 1 == rn) break;
-    vec_team_tops(team, ly, s, S, e0, en, j);
+    if (i + 1 == rn || s.lt == 0) continue;
+    vec_team_tops(team, steps, s, S, e0, en, j);
   }
   vec_team_deal(team, d, ly, s, c, phy2log, log2phy, logcnt);
 }

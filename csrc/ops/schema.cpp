@@ -55,8 +55,10 @@ STABLE_TORCH_LIBRARY(eplb_ext, m) {
       "int num_groups, int num_nodes, int max_moves, float min_improvement, int width) "
       "-> (Tensor, Tensor, Tensor, Tensor)");
   // The CUDA kernels' step-aware code run on the host with `width` emulated
-  // lanes (1 or 32): the same outputs as deepseek_vec, for the tests.
+  // lanes (1 or 32), its per-step lists laid out as in shared memory or, with
+  // global_state, as in global scratch: the same outputs as deepseek_vec.
   m.def(
-      "_lanes_vec(Tensor tokens, SymInt P, int k, int C, int N, int width) "
+      "_lanes_vec(Tensor tokens, SymInt P, int k, int C, int N, int width, "
+      "bool global_state=False) "
       "-> (Tensor, Tensor, Tensor)");
 }

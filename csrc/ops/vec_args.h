@@ -9,16 +9,18 @@
 
 namespace eplb {
 
-// The step-aware variants keep every step's loads and per-step state in
-// scratch. The CPU core (vec.h) keeps a tree per step: about
-// S * (4 E + 24 next_pow2(E / N)) bytes per layer; the team code of the
-// CUDA kernels (vec_team.h, `team`) keeps 8 kVecTop + 12 bytes per step and
-// chunk: about S * (4 E + 76 N). Checked before anything is read, so an
-// absurd S fails at once instead of after a scan.
+// The step-aware variants keep per-step state in scratch. The CPU core
+// (vec.h) keeps every step's loads and a tree per step: about
+// S * (4 E + 24 next_pow2(E / N)) bytes per layer. The team code of the
+// CUDA kernels (vec_team.h, `team`) reads the loads in place and keeps per
+// step and chunk 8 lt + 12 bytes, at most 4 E / N in global scratch
+// (vec_list_len) and 8 kVecTop + 12 in the host run's one chunk: at most
+// S * (4 E + 76) per layer. Checked before anything is read, so an absurd S
+// fails at once instead of after a scan.
 inline void check_vec_scratch(const Placement& a, bool team = false) {
   int64_t n2 = 1;
   while (n2 < a.E / a.N) n2 *= 2;
-  const int64_t per_step = team ? checked_mul_add(4, a.E, checked_mul_add(8 * kVecTop + 12, a.N))
+  const int64_t per_step = team ? checked_mul_add(4, a.E, 8 * kVecTop + 12)
                                 : checked_mul_add(4, a.E, checked_mul_add(24, n2, 64));
   const int64_t bytes = checked_mul_add(a.S, per_step, checked_mul_add(64, a.E + a.P, 4096));
   EPLB_CHECK_MEMORY(per_step >= 0 && bytes >= 0 && bytes <= (int64_t{1} << 50),

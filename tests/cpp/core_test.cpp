@@ -12,6 +12,7 @@
 #include "csrc/core/packing.h"
 #include "csrc/core/rows.h"
 #include "csrc/core/vec.h"
+#include "csrc/core/vec_team.h"
 
 #include <algorithm>
 #include <cmath>
@@ -473,6 +474,13 @@ static void test_sums() {
   for (int s = 0; s < 40; ++s) e0 = e0 + g[s * 3], e1 = e1 + g[s * 3 + 2];
   CHECK(out[0] == e0 && out[1] == e1);
   CHECK(tt2[1 * 40 + 17] == g[17 * 3 + 2]);
+  // One expert's sum reads 8 steps ahead: 40 steps end inside a block.
+  CHECK(sum_over_steps_one(vg, 0, 0) == e0 && sum_over_steps_one(vg, 0, 1) == e1);
+  std::vector<int64_t> gi(13);
+  for (int i = 0; i < 13; ++i) gi[i] = (int64_t{1} << 40) + i;
+  Loads<int64_t> vgi{gi.data(), 13, 1, 1, 1, 1, 1};
+  load_layer(vgi, 0, out, acc, nullptr);
+  CHECK(sum_over_steps_one(vgi, 0, 0) == out[0]);
 }
 
 static void test_argsort() {
@@ -660,6 +668,43 @@ static void test_vec_layer() {
   // P == E: nothing to add.
   o = core_vec(std::vector<float>{3, 1, 2, 5}, 1, 4, 4, 2, 2, 2);
   check_eq("vec no replicas cnt", o.cnt, std::vector<int>{1, 1, 1, 1});
+}
+
+// The GPU scratch of the step-aware kernels (vec_cuda.cu), per layer: the
+// sums and renumbering, plus N chunk states with the lists of global
+// scratch when the state does not fit shared memory, each block rounded to
+// 256 bytes. What grows with S stays within one float32 copy of the
+// layer's loads (4 S E bytes), and the lists are the longest that do.
+static void test_vec_scratch_bound() {
+  auto r256 = [](int64_t b) { return (b + 255) / 256 * 256; };
+  auto layer = [&](VecDims d) {
+    return r256(vec_layer_scratch(d, nullptr, nullptr)) +
+           d.N * r256(vec_chunk_scratch(d, vec_list_len(d, true), nullptr, nullptr));
+  };
+  int32_t lengths_seen = 0;  // bit lt: a shape with that length
+  for (int32_t E : {1, 2, 4, 5, 6, 7, 8, 12, 16, 19, 24, 64, 256, 1024}) {
+    for (int32_t N : {1, 2, 4, 8, 16, 64}) {
+      if (E % N != 0) continue;
+      for (int32_t extra : {0, 1, 3}) {
+        const int32_t P = E + extra * N, en = E / N;
+        const int32_t full = en < kVecTop ? en : kVecTop;
+        const int64_t base = layer(VecDims{0, E, P, 1, N, N});
+        for (int64_t S : {1, 7, 1000, 100000}) {
+          const VecDims d{S, E, P, 1, N, N};
+          const int32_t lt = vec_list_len(d, true);
+          lengths_seen |= 1 << lt;
+          CHECK(vec_list_len(d, false) == full);
+          // Lists long enough for a pick's two entries, or none.
+          CHECK(lt == 0 || (lt >= vec_list_need(en) && lt >= 2 && lt <= full));
+          CHECK(8 * (int64_t)lt + 12 <= 4 * (int64_t)en || lt == 0);
+          // One entry more would not fit (or the list is full already).
+          CHECK(lt == full || 8 * (int64_t)(lt == 0 ? 2 : lt + 1) + 12 > 4 * (int64_t)en);
+          CHECK(layer(d) - base <= 4 * S * E + 256 * (int64_t)N);
+        }
+      }
+    }
+  }
+  CHECK(lengths_seen == (1 << 0 | 1 << 2 | 1 << 4 | 1 << 6 | 1 << 8));
 }
 
 // Randomised: the optimised layers against the naive ones.
@@ -1011,6 +1056,7 @@ int main() {
   test_arg_extremes();
   test_deepseek_layer();
   test_vec_layer();
+  test_vec_scratch_bound();
   test_layers_random();
   test_vec_pick_near_ties();
   std::printf("%d passed, %d failed\n", g_pass, g_fail);

@@ -4,7 +4,8 @@
 // does not fit. The kernel receives (global, stride, ...): global == nullptr
 // means its state is the dynamic shared memory, else block b's state is at
 // global + b * stride. The code is the same either way; only the pointer
-// differs.
+// differs (and, for a kernel that lays its state out more tightly in
+// global scratch, the sizes it derives from that: StateBytes).
 #pragma once
 
 #include <torch/csrc/inductor/aoti_torch/c/shim.h>
@@ -63,20 +64,30 @@ int64_t dynamic_smem_limit(void (*kernel)(Args...)) {
   return limit;
 }
 
+// A block's state: its bytes in shared memory and, when those do not fit,
+// in global scratch (the same unless the kernel picks another layout for
+// global == nullptr and the rest).
+struct StateBytes {
+  int64_t shared, global;
+  StateBytes(int64_t both) : shared(both), global(both) {}  // NOLINT: the common case
+  StateBytes(int64_t in_shared, int64_t in_global) : shared(in_shared), global(in_global) {}
+};
+
 // kPreferShared: see dynamic_smem_limit.
 template <bool kPreferShared = false, typename... Args, typename... Given>
 void launch_with_state(void (*kernel)(char*, int64_t, Args...), const torch::stable::Tensor& like,
-                       dim3 grid, unsigned threads, int64_t bytes, Given&&... args) {
+                       dim3 grid, unsigned threads, StateBytes bytes, Given&&... args) {
   const cudaStream_t stream = cuda_stream(like);
-  if (bytes <= dynamic_smem_limit<kPreferShared>(kernel)) {
-    kernel<<<grid, threads, (size_t)bytes, stream>>>(nullptr, 0, std::forward<Given>(args)...);
+  if (bytes.shared <= dynamic_smem_limit<kPreferShared>(kernel)) {
+    kernel<<<grid, threads, (size_t)bytes.shared, stream>>>(nullptr, 0,
+                                                             std::forward<Given>(args)...);
     EPLB_CUDA_CHECK_LAUNCH();
     return;
   }
   // Blocks 256-byte aligned, block (x, y) at x + y * grid.x. The tensor may
   // be freed once the launch is queued: the caching allocator reuses it
   // only in stream order.
-  const int64_t stride = (bytes + 255) / 256 * 256;
+  const int64_t stride = (bytes.global + 255) / 256 * 256;
   const int64_t blocks = (int64_t)grid.x * grid.y * grid.z;
   const int64_t total = checked_mul_add(blocks, stride);
   EPLB_CHECK_MEMORY(total >= 0, "could not allocate ", blocks, " x ", stride,

@@ -4,11 +4,14 @@
 //
 // Two launches on the current stream, nothing read on the host (the call
 // can be captured in a CUDA graph):
-//  * one block per layer: loads to float32 (expert-major), sums over steps
-//    and the group renumbering, into global scratch;
-//  * one block per (layer, chunk): the chunk's per-step state lives in
-//    shared memory when it fits the device's per-block limit, else in global
-//    scratch (the same code through generic pointers).
+//  * one block per layer: sums over steps and the group renumbering, into
+//    global scratch (O(E) per layer);
+//  * one block per (layer, chunk), reading the loads where they are: the
+//    chunk's per-step lists live in shared memory when they fit the
+//    device's per-block limit, else in global scratch (the same code through
+//    generic pointers), with lists short enough that they take no more than
+//    the chunk's loads as float32 would (vec_list_len). The scratch is then
+//    at most one float32 copy of the input plus O(L * P), whatever S.
 // Load values are not checked here (the Python layer does it); the kernels
 // stay in bounds for any values.
 #include <torch/csrc/stable/accelerator.h>
@@ -42,8 +45,9 @@ __global__ void __launch_bounds__(kVecThreads)
 
 // Block b = l * N + c: chunk c of layer l; its state is at global + b *
 // stride, or in dynamic shared memory when global == nullptr (launch.cuh).
+template <typename T>
 __global__ void __launch_bounds__(kVecThreads)
-    vec_chunk_kernel(char* global, int64_t stride, VecDims d, const char* layers,
+    vec_chunk_kernel(char* global, int64_t stride, Loads<T> t, VecDims d, const char* layers,
                      int64_t layer_stride, int32_t* phy2log, int32_t* log2phy, int32_t* logcnt) {
   extern __shared__ uint64_t vec_smem[];
   __shared__ uint64_t red[33];
@@ -54,8 +58,11 @@ __global__ void __launch_bounds__(kVecThreads)
   VecLayer ly;
   vec_layer_scratch(d, const_cast<char*>(layers) + l * layer_stride, &ly);
   VecTeamChunk ch;
-  vec_chunk_scratch(d, global ? global + (int64_t)blockIdx.x * stride : (char*)vec_smem, &ch);
-  vec_team_chunk(team, d, ly, ch, c, phy2log + l * d.P, log2phy + l * d.E * X, logcnt + l * d.E);
+  vec_chunk_scratch(d, vec_list_len(d, global != nullptr),
+                    global ? global + (int64_t)blockIdx.x * stride : (char*)vec_smem, &ch);
+  const VecSteps<T> steps{t, l};
+  vec_team_chunk(team, d, ly, steps, ch, c, phy2log + l * d.P, log2phy + l * d.E * X,
+                 logcnt + l * d.E);
 }
 
 std::tuple<Tensor, Tensor, Tensor> deepseek_vec_cuda(Tensor tokens, int64_t P, int64_t k,
@@ -76,16 +83,18 @@ std::tuple<Tensor, Tensor, Tensor> deepseek_vec_cuda(Tensor tokens, int64_t P, i
   // Read by the second launch: the caching allocator reuses it only in
   // stream order, after both.
   Tensor layers = new_index(tokens, {total}, ScalarType::Byte);
+  const StateBytes state{vec_chunk_scratch(d, vec_list_len(d, false), nullptr, nullptr),
+                         vec_chunk_scratch(d, vec_list_len(d, true), nullptr, nullptr)};
   dispatch_loads(tokens, "tokens_per_expert", [&](auto tag) {
     using T = decltype(tag);
+    const Loads<T> t = make_loads<T>(tokens);
     vec_prepare_kernel<T><<<(unsigned)a.L, kVecThreads, 0, cuda_stream(tokens)>>>(
-        make_loads<T>(tokens), d, ptr<char>(layers), layer_bytes);
+        t, d, ptr<char>(layers), layer_bytes);
     EPLB_CUDA_CHECK_LAUNCH();
+    launch_with_state(&vec_chunk_kernel<T>, tokens, (unsigned)(a.L * a.N), kVecThreads, state, t,
+                      d, (const char*)ptr<char>(layers), layer_bytes, ptr<int32_t>(out.phy2log),
+                      ptr<int32_t>(out.log2phy), ptr<int32_t>(out.logcnt));
   });
-  launch_with_state(vec_chunk_kernel, tokens, (unsigned)(a.L * a.N), kVecThreads,
-                    vec_chunk_scratch(d, nullptr, nullptr), d, (const char*)ptr<char>(layers),
-                    layer_bytes, ptr<int32_t>(out.phy2log), ptr<int32_t>(out.log2phy),
-                    ptr<int32_t>(out.logcnt));
   return out.tuple();
 }
 
