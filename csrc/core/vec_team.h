@@ -4,10 +4,11 @@
 // (vec.h); both give the same bits.
 //
 // Per step the chunk keeps a short list of its first experts by score
-// (kVecTop, below) and the top expert's own value (valt). A pick lowers one
-// expert's scores, which the lists absorb without a scan (vec_update_step):
-// a step is scanned again only when its list runs short, a few times per
-// layer instead of at every pick that touches its top two.
+// (kVecTop, below; fewer in global scratch, vec_list_len) and the top
+// expert's own value (valt). A pick lowers one expert's scores, which the
+// lists absorb without a scan (vec_update_step): a step is scanned again
+// only when its list runs short, a few times per layer instead of at every
+// pick that touches its top two.
 #pragma once
 
 #include "team.h"
@@ -15,10 +16,10 @@
 
 namespace eplb {
 
-// One layer, shared by its chunks: the sums over steps and the
-// renumbering. The per-step loads are read where they are (VecSteps): a
-// float32 copy would be as large as the input, the scratch the SPEC bound
-// leaves to the per-step lists when they do not fit shared memory.
+// One layer's sums over steps and renumbering, shared by its chunks. The
+// per-step loads are read where they are (VecSteps): a float32 copy would
+// be as large as the input, the scratch the SPEC bound leaves to the
+// per-step lists when they do not fit shared memory.
 struct VecLayer {
   float* expert_sum;    // E
   int32_t* orig;        // E   renumbered -> original expert
@@ -401,8 +402,9 @@ EPLB_HD void vec_team_deal(const Team& team, VecDims d, const VecLayer& ly, VecT
   });
 }
 
-// Phase 2, per chunk c: the replicas, then the dealing over the chunk's GPUs
-// and the outputs in original ids (log2phy rows [E, X] of the layer).
+// Phase 2, per chunk c, after phase 1: the replicas, then the dealing over
+// the chunk's GPUs and the outputs in original ids (log2phy rows [E, X] of
+// the layer).
 template <typename Team, typename T, typename P2L, typename OutT>
 EPLB_HD void vec_team_chunk(const Team& team, VecDims d, const VecLayer& ly,
                             const VecSteps<T>& steps, VecTeamChunk s, int32_t c, P2L* phy2log,

@@ -55,7 +55,8 @@ std::tuple<Tensor, Tensor, Tensor> lanes_vec_cpu(Tensor tokens, int64_t P, int64
     const VecDims d = vec_dims(a);
     BadLoads bad(a.L);
     auto run = width == 1 ? &lanes_vec_layers<1, T> : &lanes_vec_layers<32, T>;
-    run(t, d, global_state, ptr<int32_t>(out.phy2log), ptr<int32_t>(out.log2phy), ptr<int32_t>(out.logcnt), bad);
+    run(t, d, global_state, ptr<int32_t>(out.phy2log), ptr<int32_t>(out.log2phy),
+        ptr<int32_t>(out.logcnt), bad);
     bad.report(t, "tokens_per_expert", tokens.dim() == 3);
   });
   return out.tuple();
