@@ -15,7 +15,7 @@ from helpers import OUTPUT_NAMES, assert_same, golden_case_names, load_golden_ca
 
 ops = torch.ops.eplb_ext
 WIDTHS = (1, 32)
-LAYOUTS = ((1, False), (1, True), (32, False), (32, True))  # (width, global_state)
+LAYOUTS = tuple((w, g) for w in WIDTHS for g in (False, True))  # (width, global_state)
 
 _CASES = load_golden_cases()
 # Every name when the file is absent: the one placeholder, whose test skips.
